@@ -1,0 +1,327 @@
+"""Reading and writing checkpoints in every layout the official EVA-CLIP code produces.
+
+Layouts (see ``../shared/reference/eva_official_code.md`` §4), all normalised to the *training layout* that
+evaclip's modules use (``visual.*``, ``text.*``, ``logit_scale``):
+
+- ``training``: ``visual.*`` + ``text.*`` + ``logit_scale`` (the official CustomCLIP state dict);
+- ``flat``: ``visual.*`` + OpenAI-style text keys (``transformer.resblocks.*``, ``token_embedding``,
+  ``positional_embedding``, ``ln_final``, ``text_projection``), as in the released files;
+- ``vision``: unprefixed vision-tower keys (``patch_embed.*``, ``blocks.*``...), e.g. the masked-image-modeling
+  files, which also carry ``mask_token`` and ``lm_head.*`` (skipped when loading into a CLIP);
+- any of these wrapped in ``{"module"|"model"|"state_dict": ...}`` and/or with ``module.`` key prefixes
+  (DeepSpeed files).
+
+RoPE frequency tables stored by the official code are ignored (evaclip rebuilds them from the config), a 0-d
+``logit_scale`` becomes shape (1,), and position embeddings of another grid size are interpolated.
+
+Files are read with ``safetensors`` or ``torch.load(weights_only=True)``; a pickle that needs anything but
+tensors and plain containers is refused, because unpickling it could run arbitrary code.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evaclip.errors import CheckpointError
+
+StateDict = dict[str, torch.Tensor]
+
+_WRAPPER_KEYS = ("model", "module", "state_dict")
+_FLAT_TEXT = ("text_projection", "positional_embedding", "token_embedding", "transformer.", "ln_final.")
+_VISION_ROOTS = ("patch_embed.", "blocks.", "cls_token", "pos_embed", "norm.", "fc_norm.", "head.", "rope.",
+                 "mask_token", "lm_head.")
+_MIM_ONLY = ("mask_token", "lm_head.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading files
+# ---------------------------------------------------------------------------------------------------------
+def read_file(path: str | os.PathLike) -> Mapping:
+    """Read a checkpoint file safely; return whatever mapping it holds (not yet unwrapped)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; pass a checkpoint file (.safetensors, .pt or .bin) "
+                              "(sharded training checkpoints are consolidated by `evaclip convert`)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the file was not written completely")
+    if _is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} is not a valid safetensors file ({e}); "
+                                  "it may be truncated: re-download or re-export it") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it holds Python objects other than tensors, and unpickling it could run "
+            f"code ({reason[:160]}). If you trust the file, convert it to safetensors in an isolated environment"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}; "
+                              "the file may be truncated or not a PyTorch checkpoint") from None
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    # A safetensors file starts with an 8-byte little-endian header length followed by '{'.
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def unwrap(obj: Mapping) -> StateDict:
+    """Find the state dict inside training-checkpoint wrappers and strip DeepSpeed's ``module.`` prefixes."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"a checkpoint must hold a dict of tensors, found {type(obj).__name__}")
+    for key in _WRAPPER_KEYS:
+        if key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError("the checkpoint holds no tensors (expected a state dict, possibly under "
+                              f"{'/'.join(_WRAPPER_KEYS)})")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# layouts
+# ---------------------------------------------------------------------------------------------------------
+def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
+    keys = list(sd)
+    if any(k.startswith("visual.") or k.startswith("text.") for k in keys):
+        return "flat" if any(k.startswith(_FLAT_TEXT) for k in keys) else "training"
+    if any(k.startswith(_FLAT_TEXT) for k in keys):
+        return "flat"
+    if any(k.startswith(_VISION_ROOTS) for k in keys):
+        return "vision"
+    raise CheckpointError("unrecognised checkpoint layout: expected visual.*/text.* keys, OpenAI-style text keys "
+                          f"or EVA vision keys (patch_embed.*, blocks.*); first keys: {keys[:5]}")
+
+
+def to_training_layout(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, str, list[str]]:
+    """Normalise any official layout to ``visual.*``/``text.*``/``logit_scale`` keys.
+
+    Returns the new state dict, the detected layout, and the keys that were dropped on purpose (RoPE tables,
+    which are rebuilt; the masked-image-modeling head and mask token, which a CLIP does not have).
+    """
+    layout = detect_layout(sd)
+    out: StateDict = {}
+    dropped: list[str] = []
+    for key, value in sd.items():
+        if "freqs_cos" in key or "freqs_sin" in key:
+            dropped.append(key)
+            continue
+        if layout == "vision":
+            key = "visual." + key
+        elif key.startswith(_FLAT_TEXT):
+            key = "text." + key
+        if key == "text.logit_scale":  # some flat files file the temperature under the text tower
+            key = "logit_scale"
+        if key.startswith("visual.") and key[len("visual."):].startswith(_MIM_ONLY):
+            dropped.append(key)
+            continue
+        out[key] = value
+    if "logit_scale" in out and out["logit_scale"].ndim == 0:
+        out["logit_scale"] = out["logit_scale"].reshape(1)
+    return out, layout, dropped
+
+
+def load_state_dict(path: str | os.PathLike) -> tuple[StateDict, str, list[str]]:
+    """Read a checkpoint file of any official layout into the training layout."""
+    return to_training_layout(unwrap(read_file(path)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fitting a state dict to a module
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class LoadReport:
+    """What happened when a checkpoint was loaded into a module."""
+
+    path: str
+    layout: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # dropped on purpose (RoPE tables, MIM head, skip list)
+    resized: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def problems(self, limit: int = 6) -> str:
+        parts = []
+        if self.mismatched:
+            shown = ", ".join(f"{k} (file {tuple(a)} vs model {tuple(b)})" for k, a, b in self.mismatched[:limit])
+            parts.append(f"{len(self.mismatched)} mis-shaped: {shown}")
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing: {', '.join(self.missing[:limit])}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected: {', '.join(self.unexpected[:limit])}")
+        return "; ".join(parts)
+
+    def __str__(self) -> str:
+        s = f"{self.path} ({self.layout} layout): {len(self.loaded)} tensors loaded"
+        if self.resized:
+            s += f", resized {', '.join(self.resized)}"
+        if self.ignored:
+            s += f", {len(self.ignored)} ignored"
+        return s + (f"; {self.problems()}" if not self.ok else "")
+
+
+def _resize_for(model_sd: Mapping[str, torch.Tensor], sd: StateDict, report: LoadReport, prefix: str) -> None:
+    """Interpolate a vision position embedding / patch kernel of another size (bicubic, cls entry kept)."""
+    from evaclip.models.vision import interpolate_pos_embed
+    if prefix == "text.":
+        return
+    root = "visual." if prefix == "" else ""
+    pos_key, patch_key = root + "pos_embed", root + "patch_embed.proj.weight"
+    if pos_key in sd and pos_key in model_sd and sd[pos_key].shape != model_sd[pos_key].shape:
+        target = model_sd[pos_key].shape
+        if sd[pos_key].shape[-1] == target[-1]:
+            new_grid = int(round((target[1] - 1) ** 0.5))
+            try:
+                sd[pos_key] = interpolate_pos_embed(sd[pos_key], new_grid)
+                report.resized.append(f"{pos_key} {tuple(target)}")
+            except ValueError:
+                pass  # reported as mis-shaped below
+    if patch_key in sd and patch_key in model_sd and sd[patch_key].shape != model_sd[patch_key].shape:
+        a, b = sd[patch_key].shape, model_sd[patch_key].shape
+        if a[:2] == b[:2]:
+            sd[patch_key] = F.interpolate(sd[patch_key].float(), size=tuple(b[2:]), mode="bicubic",
+                                          align_corners=False).to(sd[patch_key].dtype)
+            report.resized.append(f"{patch_key} {tuple(b)}")
+
+
+def load_checkpoint(module: nn.Module, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
+                    strict: bool = True, skip: Iterable[str] = (), allow_missing: Iterable[str] = ()
+                    ) -> LoadReport:
+    """Load a checkpoint of any official layout into a CLIP model or into one of its towers.
+
+    Args:
+        module: a :class:`~evaclip.models.clip.CLIP`, its ``visual`` tower or its ``text`` tower. A tower takes
+            the matching part of a whole-CLIP file; a vision-only (e.g. MIM) file goes into ``visual``.
+        checkpoint: a file path, or a state dict already in memory.
+        strict: raise :class:`CheckpointError` on any missing, unexpected or mis-shaped key (nothing is
+            loaded then). Non-strict loads what fits and reports the rest, but still refuses a file that
+            matches no key at all, the classic silent failure.
+        skip: key prefixes (relative to ``module``) to drop from the file and leave freshly initialised, e.g.
+            ``("text_projection", "logit_scale")`` when re-using a text tower with a new embedding size.
+        allow_missing: key prefixes that may be absent from the file even when strict.
+    """
+    if isinstance(checkpoint, Mapping):
+        sd, layout, dropped = to_training_layout(unwrap(checkpoint))
+        name = "<state dict>"
+    else:
+        sd, layout, dropped = load_state_dict(checkpoint)
+        name = str(checkpoint)
+    report = LoadReport(path=name, layout=layout, ignored=list(dropped))
+
+    # Towers declare which part of a whole-CLIP state dict is theirs ("visual." / "text."); a CLIP takes all.
+    prefix = getattr(module, "checkpoint_prefix", "")
+    if prefix:
+        report.ignored += [k for k in sd if not k.startswith(prefix)]
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    skip, allow_missing = tuple(skip), tuple(allow_missing)
+    for key in [k for k in sd if skip and k.startswith(skip)]:
+        report.ignored.append(key)
+        del sd[key]
+
+    model_sd = module.state_dict()
+    _resize_for(model_sd, sd, report, prefix)
+    for key, value in sd.items():
+        if key not in model_sd:
+            report.unexpected.append(key)
+        elif tuple(value.shape) != tuple(model_sd[key].shape):
+            report.mismatched.append((key, tuple(value.shape), tuple(model_sd[key].shape)))
+        else:
+            report.loaded.append(key)
+    report.missing = [k for k in model_sd if k not in sd and not (k.startswith(skip) if skip else False)
+                      and not (allow_missing and k.startswith(allow_missing))]
+
+    if not report.loaded:
+        raise CheckpointError(f"{name} ({layout} layout) has no tensor that fits {type(module).__name__}"
+                              f"{' (' + prefix.rstrip('.') + ' tower)' if prefix else ''}: {report.problems()}")
+    if strict and not report.ok:
+        raise CheckpointError(f"{name} does not match {type(module).__name__}: {report.problems()}. "
+                              "Check the model config, or load with strict=False to keep what fits")
+    if report.mismatched:  # non-strict: never copy a mis-shaped tensor
+        for key, _, _ in report.mismatched:
+            sd.pop(key, None)
+    for key in report.unexpected:
+        sd.pop(key, None)
+    with torch.no_grad():
+        params = dict(module.named_parameters())
+        params.update(dict(module.named_buffers()))
+        for key in report.loaded:
+            params[key].copy_(sd[key].to(params[key].dtype))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------------------
+def export_state_dict(state_dict: Mapping[str, torch.Tensor], layout: str = "training") -> StateDict:
+    """Turn an evaclip (training-layout) state dict into one of the official layouts.
+
+    ``training`` keeps keys as they are but stores ``logit_scale`` 0-d as the official code does; ``flat`` moves
+    the text tower to OpenAI-style top-level keys; ``vision`` keeps only the vision tower, unprefixed.
+    """
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        if layout == "vision":
+            if key.startswith("visual."):
+                out[key[len("visual."):]] = value
+            elif not (key.startswith("text.") or key == "logit_scale"):
+                out[key] = value  # e.g. mask_token / lm_head of a MIM model
+            continue
+        if layout == "flat" and key.startswith("text."):
+            key = key[len("text."):]
+        if key == "logit_scale":
+            value = value.reshape(())
+        out[key] = value
+    if layout not in ("training", "flat", "vision"):
+        raise CheckpointError(f"unknown checkpoint layout {layout!r}; choose training, flat or vision")
+    return out
+
+
+def save_file(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
+              metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (temp file + rename), so a crash never leaves half a checkpoint."""
+    from safetensors.torch import save_file as st_save
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    # safetensors refuses tensors sharing memory; clone the ones that do.
+    seen: dict[int, str] = {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else None
+        if ptr is not None and ptr in seen:
+            tensors[k] = v.clone()
+        elif ptr is not None:
+            seen[ptr] = k
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        st_save(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {path}: {e.strerror or e}") from None

@@ -1,0 +1,77 @@
+"""The CLIP wrapper: ``visual`` + ``text`` + ``logit_scale`` (the official ``CustomCLIP`` layout)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evaclip.models.config import CLIPConfig
+from evaclip.models.text import TextTransformer
+from evaclip.models.vision import EVAVisionTransformer
+
+LOGIT_SCALE_MAX = math.log(100.0)  # temperature >= 0.01, the value the paper fixes
+
+
+def build_text_tower(cfg: CLIPConfig) -> nn.Module:
+    if cfg.text_cfg.is_hf:
+        from evaclip.models.hf_text import HFTextEncoder  # optional dependency: transformers
+        return HFTextEncoder(cfg.text_cfg, cfg.embed_dim)
+    return TextTransformer(cfg.text_cfg, cfg.embed_dim, quick_gelu=cfg.quick_gelu)
+
+
+class CLIP(nn.Module):
+    """An EVA-CLIP model. ``forward(images, tokens)`` returns normalised features and ``exp(logit_scale)``.
+
+    ``logit_scale`` has shape (1,), not (), so that FSDP2 / ZeRO-3 can shard it like any other parameter;
+    checkpoints with a 0-d value load either way.
+    """
+
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.visual = EVAVisionTransformer(cfg.vision_cfg, cfg.embed_dim)
+        self.text = build_text_tower(cfg)
+        self.logit_scale = nn.Parameter(torch.full((1,), float(cfg.init_logit_scale)),
+                                        requires_grad=cfg.learn_logit_scale)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter and buffer (used after building on the meta device + ``to_empty``)."""
+        self.visual.init_weights()
+        self.text.init_weights()
+        self.logit_scale.fill_(self.cfg.init_logit_scale)
+
+    def init_buffers(self) -> None:
+        self.visual.init_buffers()
+        self.text.init_buffers()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+        self.text.set_grad_checkpointing(enable)
+
+    def no_weight_decay(self) -> set[str]:
+        names = {"logit_scale"}
+        names |= {f"visual.{n}" for n in self.visual.no_weight_decay()}
+        names |= {f"text.{n}" for n in self.text.no_weight_decay()}
+        return names
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """The official post-step clamp to [0, ln 100]."""
+        self.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.visual(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.text(tokens)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+        image_features = self.encode_image(images, normalize=True)
+        text_features = self.encode_text(tokens, normalize=True)
+        return image_features, text_features, self.logit_scale.exp()
