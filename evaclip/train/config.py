@@ -1,0 +1,249 @@
+"""The training config: typed nested dataclasses, recipes that fill them, and ``key=value`` overrides.
+
+A recipe is a small function returning a :class:`TrainConfig` (see :mod:`evaclip.train.recipes`); the CLI
+applies dotted overrides on top (``optim.lr=1e-3 data.batch_size=64 steps=100``). Every value is checked
+against the field's type, and an unknown key is an error that lists the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from evaclip.data.config import DataConfig, DataSource, parse_sources
+from evaclip.errors import ConfigError
+from evaclip.train.optim import OptimConfig
+
+STRATEGIES = ("ddp", "fsdp")
+PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "bf16")
+TASKS = ("clip", "mim")
+
+
+@dataclass
+class ModelSection:
+    name: str = "evaclip-tiny"  # a built-in config name or a JSON config path
+    pretrained: str | None = None  # whole-model checkpoint
+    pretrained_image: str | None = None  # vision tower init (CLIP or MIM file)
+    pretrained_text: str | None = None  # text tower init (CLIP file)
+    skip_keys: list[str] = field(default_factory=list)  # tower keys left fresh when loading the towers
+    patch_dropout: float | None = None  # override of the config's ratio
+    grad_checkpointing: bool = False
+    # The paper fixes the temperature at 0.01 (logit scale 100); None keeps the official learnable scale
+    # (init 1/0.07, clamped to <= 100 after each step).
+    fixed_temperature: float | None = None
+    lock_text: bool = False  # freeze the whole text tower (LiT-style)
+
+
+@dataclass
+class MIMSection:
+    """Masked image modeling (the EVA step of weak-to-strong): a student ViT regresses a frozen teacher."""
+
+    teacher: str | None = None  # EVA-CLIP checkpoint of the teacher (its vision tower is used)
+    teacher_model: str | None = None  # the teacher's config name or JSON path
+    mask_ratio: float = 0.4
+    include_cls: bool = False  # also regress the teacher's pooled CLIP embedding with the student's cls token
+
+
+@dataclass
+class ScheduleSection:
+    warmup_steps: int = 2000
+    kind: str = "cosine"  # cosine to min_lr_ratio * peak, or constant
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class LossSection:
+    kind: str = "clip"  # clip (InfoNCE over the global batch) or siglip
+    local_loss: bool = True
+    gather_with_grad: bool = True
+
+
+@dataclass
+class EvalSection:
+    every: int = 0  # steps between zero-shot evaluations on rank 0 (0 = never)
+    zeroshot: list[str] = field(default_factory=list)  # image-folder datasets for zero-shot top-1
+    batch_size: int = 64
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = ""
+    task: str = "clip"
+    out_dir: str = "runs/default"
+    steps: int = 100
+    seed: int = 0
+    resume: str | None = None  # "latest" or a checkpoint directory
+    strategy: str = "fsdp"  # with more than one process: ddp or fsdp (FSDP2 full shard)
+    checkpoint_every: int = 0  # steps; 0 = only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    precision: str = "fp32"  # fp32 | amp_bf16 (autocast, fp32 master weights) | amp_fp16 | bf16 (pure)
+    compile: bool = False
+    max_nonfinite_steps: int = 5  # stop after this many non-finite losses/gradients in a row
+    tensorboard: bool = True
+    progress: bool = True
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    loss: LossSection = field(default_factory=LossSection)
+    mim: MIMSection = field(default_factory=MIMSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("steps", "log_every", "keep_checkpoints", "max_nonfinite_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.loss.kind not in ("clip", "siglip"):
+            raise ConfigError(f"loss.kind must be clip or siglip, got {self.loss.kind!r}")
+        if self.model.fixed_temperature is not None and not self.model.fixed_temperature > 0:
+            raise ConfigError(f"model.fixed_temperature must be > 0, got {self.model.fixed_temperature}")
+        if self.task == "mim" and not (self.mim.teacher and self.mim.teacher_model):
+            raise ConfigError("task=mim needs mim.teacher (a CLIP checkpoint) and mim.teacher_model (its config)")
+        if not 0.0 < self.mim.mask_ratio < 1.0:
+            raise ConfigError(f"mim.mask_ratio must lie in (0, 1), got {self.mim.mask_ratio}")
+        self.data.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# overrides
+# ---------------------------------------------------------------------------------------------------------
+def _fields(obj: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _coerce(value: str, annotation: Any, where: str) -> Any:
+    """Parse a CLI string as the field's type (JSON syntax for lists; ``null``/``none`` for None)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot parse {value!r}")
+    if annotation is bool:
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where} expects true or false, got {value!r}")
+    if annotation is int:
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{where} expects an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{where} expects an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        try:
+            out = float(value)
+        except ValueError:
+            raise ConfigError(f"{where} expects a number, got {value!r}") from None
+        if not math.isfinite(out):
+            raise ConfigError(f"{where} expects a finite number, got {value!r}")
+        return out
+    if annotation is str:
+        return value
+    if origin in (list, tuple):
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError:
+            items = [v for v in value.split(",") if v]
+        if not isinstance(items, list):
+            items = [items]
+        inner = args[0] if args else str
+        parsed = [_coerce(str(v) if not isinstance(v, str) else v, inner, where) for v in items]
+        return tuple(parsed) if origin is tuple else parsed
+    raise ConfigError(f"{where} cannot be set from the command line")
+
+
+def apply_override(cfg: TrainConfig, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` to ``cfg`` in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not key=value (e.g. optim.lr=1e-3)")
+    key, value = assignment.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"override key {key!r} is malformed; use dotted names such as optim.lr")
+    target: Any = cfg
+    for i, part in enumerate(parts):
+        fields = _fields(target)
+        if part not in fields:
+            here = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(f"unknown config key {key!r}: {part!r} is not in {here} "
+                              f"(valid: {', '.join(sorted(fields))})")
+        if i == len(parts) - 1:
+            break
+        target = getattr(target, part)
+        if not dataclasses.is_dataclass(target):
+            raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[:i + 1])} is not a section")
+    name = parts[-1]
+    if isinstance(target, DataConfig) and name == "sources":
+        # Shard spec as on open_clip's command line: "A::B" (sources), ";" joins shard lists within one.
+        setattr(target, name, parse_sources(value))
+        return
+    hints = typing.get_type_hints(type(target))
+    setattr(target, name, _coerce(value, hints[name], key))
+    if hasattr(target, "__post_init__") and not isinstance(target, TrainConfig):
+        target.__post_init__()  # re-run the section's own checks (e.g. OptimConfig)
+
+
+def set_source_weights(cfg: TrainConfig, weights: list[float]) -> None:
+    if len(weights) != len(cfg.data.sources):
+        raise ConfigError(f"{len(weights)} weights given for {len(cfg.data.sources)} data sources")
+    for source, w in zip(cfg.data.sources, weights):
+        source.weight = float(w)
+
+
+def apply_overrides(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
+    for a in assignments:
+        if a.startswith("data.weights="):
+            set_source_weights(cfg, [float(w) for w in a.split("=", 1)[1].replace("::", ",").split(",") if w])
+        else:
+            apply_override(cfg, a)
+    cfg.validate()
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig saved with ``to_dict`` (e.g. from a checkpoint's ``config.json``)."""
+    def build(cls, values):
+        kwargs = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            v = values[f.name]
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint) and isinstance(v, dict):
+                v = build(hint, v)
+            elif f.name == "sources":
+                v = [DataSource(**s) for s in v]
+            kwargs[f.name] = v
+        return cls(**kwargs)
+    return build(TrainConfig, data)

@@ -1,0 +1,275 @@
+"""The training loop. Read top to bottom: set-up, resume, then one step = data -> forward -> loss -> backward
+-> clip -> optimizer -> bookkeeping, with checkpoints every ``checkpoint_every`` steps.
+
+The same code runs one process on a laptop CPU or many under ``torchrun`` (DDP, or FSDP2 full sharding).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from evaclip.errors import ConfigError, TrainingError
+from evaclip.train import checkpointing, faults
+from evaclip.train.config import TrainConfig
+from evaclip.train.distributed import DistInfo, init_distributed
+from evaclip.train.metrics import MetricsLog, measure_matmul_ceiling
+from evaclip.train.optim import build_optimizer
+from evaclip.train.schedule import LRSchedule
+from evaclip.train.tasks import make_task
+
+log = logging.getLogger(__name__)
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "amp_bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "amp_fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"out_dir {out_dir} is not writable ({e.strerror or e}); choose another out_dir") from None
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule, data and checkpoints of one run.
+
+    ``batches``: an iterable of ``(images, tokens, info)`` to use instead of the configured data loader (tests
+    feed fixed batches this way); it must then also be used for resume by the caller.
+    """
+
+    def __init__(self, cfg: TrainConfig, batches: Iterable | None = None, dist_info: DistInfo | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.dist = dist_info or init_distributed()
+        self.device = self.dist.device
+        self.out_dir = Path(cfg.out_dir)
+        if self.dist.is_main:
+            _check_writable(self.out_dir)
+        self.task = make_task(cfg)
+
+        # Identical initial weights on every rank (DDP broadcasts anyway; FSDP2 shards what each rank built).
+        torch.manual_seed(cfg.seed)
+        model = self.task.build(self.device)
+        if cfg.precision == "bf16":
+            model = model.to(torch.bfloat16)
+        self.raw_model = model
+        self.model = self._wrap(model)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        # Parameter groups are built on the unwrapped module (FSDP2 keeps its structure and names).
+        self.optimizer = build_optimizer(self.raw_model, cfg.optim)
+        self.schedule = LRSchedule(total_steps=cfg.steps, warmup_steps=cfg.schedule.warmup_steps,
+                                   kind=cfg.schedule.kind, min_lr_ratio=cfg.schedule.min_lr_ratio)
+        self.loss_fn = self.task.make_loss()
+        self.loader = None
+        self._external_batches = batches
+        self.step = 0
+        self.samples_seen = 0
+        self.nonfinite_in_a_row = 0
+        self.skipped_steps = 0
+        # Dropout-like randomness (patch dropout, DropPath, MIM masks) differs per rank but is reproducible.
+        torch.manual_seed(cfg.seed + 1_000_003 * (self.dist.rank + 1))
+
+    # ---- set-up -------------------------------------------------------------------------------------------
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if not self.dist.is_distributed:
+            return model
+        if self.cfg.strategy == "ddp":
+            from evaclip.train.parallel import apply_ddp
+            return apply_ddp(model, self.device)
+        from evaclip.train.parallel import FSDPConfig, apply_fsdp
+        # On CPU, bf16 compute has no fast path: keep the gathered weights in fp32 there.
+        amp = self.cfg.precision in ("amp_bf16", "bf16") and self.device.type == "cuda"
+        return apply_fsdp(model, cfg=FSDPConfig(param_dtype="bf16" if amp else "fp32"))
+
+    def _make_loader(self):
+        from evaclip.data.pipeline import make_loader
+        from evaclip.transforms import image_transform
+        self.cfg.data.context_length = getattr(self.task.tokenizer(), "context_length", self.cfg.data.context_length)
+        transform = image_transform(self.task.image_size, is_train=True)
+        return make_loader(self.cfg.data, self.dist.rank, self.dist.world_size, transform=transform,
+                           tokenizer=self.task.tokenizer())
+
+    def _batches(self) -> Iterator:
+        if self._external_batches is not None:
+            return iter(self._external_batches)
+        if self.loader is None:
+            self.loader = self._make_loader()
+        return iter(self.loader)
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        path = checkpointing.resolve_resume(self.cfg.resume, self.out_dir)
+        if path is None:
+            return
+        meta, rank_state = checkpointing.load(path, self.model, self.optimizer)
+        self.step = int(meta["step"])
+        self.samples_seen = int(meta.get("samples_seen", 0))
+        if self._external_batches is None and rank_state.get("data") is not None:
+            if self.loader is None:
+                self.loader = self._make_loader()
+            self.loader.load_state_dict(rank_state["data"])
+        if self.dist.is_main:
+            log.info("resumed from %s at step %d", path, self.step)
+
+    def save_checkpoint(self) -> Path:
+        data_state = self.loader.state_dict() if self.loader is not None else None
+        meta = {"samples_seen": self.samples_seen, "config": self.cfg.to_dict(), "recipe": self.cfg.recipe}
+        return checkpointing.save(self.out_dir, self.step, self.model, self.optimizer,
+                                  rank_state={"data": data_state}, meta=meta, keep=self.cfg.keep_checkpoints)
+
+    def export(self) -> list[Path]:
+        """Write the full, unsharded weights (rank 0) in the format ``evaclip.create_model`` loads."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        paths: list[Path] = []
+        if self.dist.is_main:
+            paths = self.task.export({k: v.float() for k, v in full.items()}, self.out_dir)
+        if self.dist.is_distributed:
+            dist.barrier()
+        return paths
+
+    # ---- one step -----------------------------------------------------------------------------------------
+    def train_step(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
+        cfg, step = self.cfg, self.step
+        lr_factor = self.schedule.apply(self.optimizer, step)
+        images = images.to(self.device, non_blocking=True)
+        tokens = tokens.to(self.device, non_blocking=True)
+        if cfg.precision == "bf16":
+            images = images.to(torch.bfloat16)
+        with _autocast(cfg.precision, self.device):
+            loss, extras = self.task.loss(self.model, self.loss_fn, images, tokens)
+        if faults.active("nan_loss", step):
+            loss = loss * float("nan")
+        if faults.active("inf_loss", step):
+            loss = loss * float("inf")
+        loss.backward()
+        if faults.active("nan_grad", step):
+            next(p for p in self.raw_model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+        faults.maybe_fail("crash", step)
+
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+            grad_norm = grad_norm.full_tensor()
+        # One host sync per step: every rank must agree to skip a non-finite step, or they would diverge.
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+        if self.dist.is_distributed:
+            flag = finite.to(torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag.bool()
+        ok = bool(finite.item())
+        if ok:
+            self.optimizer.step()
+            self.task.after_step(self.model)
+            self.nonfinite_in_a_row = 0
+        else:
+            self.skipped_steps += 1
+            self.nonfinite_in_a_row += 1
+            log.warning("step %d: non-finite loss or gradient, update skipped", step)
+        self.optimizer.zero_grad(set_to_none=True)
+        peak = self.optimizer.param_groups[0].get("base_lr", 0.0)
+        record = {"step": step, "loss": float(loss.detach()), "lr": peak * lr_factor, "lr_factor": lr_factor,
+                  "grad_norm": float(grad_norm), "skipped": not ok}
+        for k, v in extras.items():
+            record[k] = float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+        if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+            raise TrainingError(
+                f"loss or gradients were not finite for {self.nonfinite_in_a_row} steps in a row (last at step "
+                f"{step}); lower optim.lr, raise schedule.warmup_steps, check the data, or train in fp32")
+        return record
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.resume()
+        metrics = MetricsLog(self.out_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
+        if self.dist.is_main:
+            (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        global_batch = cfg.data.batch_size * self.dist.world_size
+        flops = self.task.flops_per_sample()
+        ceiling = measure_matmul_ceiling(self.device) if flops else None
+        batches = self._batches()
+        progress = None
+        if self.dist.is_main and cfg.progress:
+            from tqdm import tqdm
+            progress = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.recipe or cfg.task}",
+                            dynamic_ncols=True)
+        self.model.train()
+        wall_start, data_time, step_time = time.perf_counter(), 0.0, 0.0
+        last = {}
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                try:
+                    images, tokens, info = next(batches)
+                except StopIteration:
+                    batches = self._batches()  # next virtual epoch
+                    images, tokens, info = next(batches)
+                t1 = time.perf_counter()
+                record = self.train_step(images, tokens)
+                t2 = time.perf_counter()
+                data_time += t1 - t0
+                step_time += t2 - t0
+                self.step += 1
+                self.samples_seen += global_batch
+                record["samples_per_s"] = global_batch / max(t2 - t0, 1e-9)
+                record["data_wait"] = (t1 - t0) / max(t2 - t0, 1e-9)
+                if flops and ceiling:
+                    record["mfu"] = flops * record["samples_per_s"] / (ceiling * self.dist.world_size)
+                if self.loader is not None:
+                    record["skipped_samples"] = int(sum(self.loader.skip_counts.values()))
+                last = record
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    metrics.log(record)
+                if progress is not None:
+                    progress.update(1)
+                    post = {"loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.2e}",
+                            "sps": f"{record['samples_per_s']:.1f}", "wait": f"{record['data_wait']:.0%}"}
+                    if "mfu" in record:
+                        post["mfu"] = f"{record['mfu']:.2f}"
+                    progress.set_postfix(post, refresh=False)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                    self.save_checkpoint()
+            if cfg.checkpoint_every:
+                self.save_checkpoint()
+            exported = self.export()
+        finally:
+            if progress is not None:
+                progress.close()
+            metrics.close()
+            if self.loader is not None:
+                self.loader.close()
+        summary = {"steps": self.step, "samples_seen": self.samples_seen, "final_loss": last.get("loss"),
+                   "skipped_steps": self.skipped_steps, "wall_s": time.perf_counter() - wall_start,
+                   "data_wait_share": data_time / step_time if step_time else 0.0,
+                   "exported": [str(p) for p in exported]}
+        if self.loader is not None:
+            summary["skipped_samples"] = dict(self.loader.skip_counts)
+        if self.dist.is_main:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def train(cfg: TrainConfig, batches: Iterable | None = None) -> dict[str, Any]:
+    """Run a whole training job described by ``cfg`` (in this process; use torchrun for several)."""
+    return Trainer(cfg, batches).fit()
