@@ -86,6 +86,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # stop after this many non-finite losses/gradients in a row
     tensorboard: bool = True
     progress: bool = True
+    trace_samples: bool = False  # write the sample keys of every step to out_dir/samples_rank*.jsonl
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -63,6 +63,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         if self.dist.is_main:
             _check_writable(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.task = make_task(cfg)
 
         # Identical initial weights on every rank (DDP broadcasts anyway; FSDP2 shards what each rank built).
@@ -238,6 +239,9 @@ class Trainer:
                     record["mfu"] = flops * record["samples_per_s"] / (ceiling * self.dist.world_size)
                 if self.loader is not None:
                     record["skipped_samples"] = int(sum(self.loader.skip_counts.values()))
+                if cfg.trace_samples:
+                    with open(self.out_dir / f"samples_rank{self.dist.rank}.jsonl", "a") as f:
+                        f.write(json.dumps({"step": self.step - 1, "keys": list(info.get("keys", []))}) + "\n")
                 last = record
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     metrics.log(record)

@@ -1,0 +1,125 @@
+"""Configuration of the training data: sources mixed by weight, batching, workers, limits."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from evaclip.data.decode import DEFAULT_MAX_IMAGE_PIXELS
+from evaclip.errors import ConfigError
+
+SOURCE_KINDS = ("auto", "webdataset", "csv", "folder")
+
+
+@dataclass
+class DataSource:
+    """One source of image-text pairs.
+
+    `urls` is a webdataset shard spec (`;`-joined paths or fsspec URLs with brace patterns, or a list of them),
+    a `.csv`/`.tsv` file with image-path and caption columns, or a folder of images with `.txt` captions.
+    `kind="auto"` tells them apart by the suffix and by whether the path is a folder.
+    `weight` is the share of samples drawn from this source (weights are normalised over all sources), e.g.
+    the paper's Merged-2B: ``[DataSource(laion, 1.6, "laion2b"), DataSource(coyo, 0.4, "coyo700m")]``.
+    """
+
+    urls: str | list[str]
+    weight: float = 1.0
+    name: str = ""
+    kind: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    """How to read training data. `batch_size` is per rank; batches are always full (no partial batch)."""
+
+    sources: list[DataSource] = field(default_factory=list)
+    batch_size: int = 32
+    num_workers: int = 2
+    # Shards drawn with replacement, each worker with its own seed (the paper's --dataset-resampled); False
+    # reads the shards in per-epoch permutations split over ranks and workers.
+    resampled: bool = True
+    seed: int = 0
+    context_length: int = 77
+    interleave: int = 4          # shards each worker reads at once (per source), samples mixed among them
+    shuffle_window: int = 64     # samples of one shard shuffled together (memory: window x interleave samples)
+    samples_per_epoch: int | None = None  # virtual epoch over all ranks; None = one endless epoch
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_caption_chars: int = 4096
+    max_member_bytes: int = 256 << 20
+    csv_image_key: str = ""      # CSV column names; "" = look for image/path/filepath and caption/title/text
+    csv_caption_key: str = ""
+    timeout_s: float = 0.0       # DataLoader timeout per batch (0 = wait forever)
+    prefetch_factor: int = 2
+    pin_memory: bool = False     # page-locked batches for faster host-to-GPU copies
+
+    def validate(self) -> None:
+        """Raise ConfigError for impossible values (before any worker starts).
+
+        Sources may also be given as a spec string (`"A::B"`, see :func:`parse_sources`) or as dicts with
+        DataSource's fields, as a recipe file or a command-line override would write them; they are
+        normalised to DataSource objects here.
+        """
+        self.sources = normalize_sources(self.sources)
+        if not self.sources:
+            raise ConfigError("data config has no source; set data.sources (shard pattern, CSV file or image folder)")
+        for s in self.sources:
+            if s.kind not in SOURCE_KINDS:
+                raise ConfigError(f"data source kind {s.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
+            if not (isinstance(s.weight, (int, float)) and math.isfinite(s.weight) and s.weight > 0):
+                raise ConfigError(f"data source {s.name or s.urls!r} has weight {s.weight!r}; weights must be > 0")
+        positive = {"batch_size": self.batch_size, "interleave": self.interleave,
+                    "shuffle_window": self.shuffle_window, "context_length": self.context_length,
+                    "max_image_pixels": self.max_image_pixels, "max_caption_chars": self.max_caption_chars,
+                    "max_member_bytes": self.max_member_bytes, "prefetch_factor": self.prefetch_factor}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"data.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        epoch = self.samples_per_epoch
+        if epoch is not None and (not isinstance(epoch, int) or epoch < 1):
+            raise ConfigError(f"data.samples_per_epoch must be a positive integer or None, got {epoch!r}")
+        if self.timeout_s < 0:
+            raise ConfigError(f"data.timeout_s must be >= 0, got {self.timeout_s!r}")
+
+
+def parse_sources(spec: str, weights: str | list[float] | None = None) -> list[DataSource]:
+    """`"A::B"` (with optional weights `"1.6::0.4"`) -> [DataSource(A, 1.6), DataSource(B, 0.4)].
+
+    `::` separates sources (as in open_clip); `;` inside a source separates its shard patterns.
+    """
+    parts = [p.strip() for p in spec.split("::") if p.strip()]
+    if not parts:
+        raise ConfigError(f"data source spec {spec!r} is empty; give a shard pattern, CSV file or image folder")
+    if weights is None:
+        ws = [1.0] * len(parts)
+    else:
+        raw = weights.split("::") if isinstance(weights, str) else list(weights)
+        try:
+            ws = [float(w) for w in raw]
+        except ValueError:
+            raise ConfigError(f"data source weights {weights!r} are not numbers; write them like 1.6::0.4") from None
+        if len(ws) != len(parts):
+            raise ConfigError(f"{len(parts)} data sources but {len(ws)} weights; give one weight per source")
+    return [DataSource(urls=p, weight=w, name=f"source{i}") for i, (p, w) in enumerate(zip(parts, ws))]
+
+
+def normalize_sources(sources) -> list[DataSource]:
+    """A spec string, a DataSource, a dict, or a list of those -> list[DataSource]."""
+    if isinstance(sources, str):
+        return parse_sources(sources)
+    if isinstance(sources, (DataSource, dict)):
+        sources = [sources]
+    out = []
+    for s in sources or []:
+        if isinstance(s, DataSource):
+            out.append(s)
+        elif isinstance(s, dict):
+            unknown = set(s) - {"urls", "weight", "name", "kind"}
+            if unknown or "urls" not in s:
+                raise ConfigError(f"data source {s!r} needs 'urls' and only urls/weight/name/kind keys")
+            out.append(DataSource(**s))
+        elif isinstance(s, str):
+            out.extend(parse_sources(s))
+        else:
+            raise ConfigError(f"data source {s!r} is not a DataSource, dict or path string")
+    return out
