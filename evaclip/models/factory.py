@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 import torch
 
 from evaclip.errors import ConfigError
-from evaclip.models.checkpoint import LoadReport, load_checkpoint
+from evaclip.models.checkpoint import load_checkpoint
 from evaclip.models.clip import CLIP
 from evaclip.models.config import CLIPConfig, config_from_dict, load_config_file
 
@@ -91,22 +91,16 @@ def create_model(
         report = load_checkpoint(model, pretrained, strict=strict)
         log.info("loaded %s", report)
     tower_skip = tuple(skip_keys)
+    # Tower initialisation is strict except for what the caller re-initialises (skip_keys) and, for the vision
+    # tower, the CLIP projection head, which a MIM file does not have.
     if pretrained_image:
-        # A vision-only MIM file has no projection head: it stays freshly initialised.
-        report = load_checkpoint(model.visual, pretrained_image, strict=False, skip=tower_skip)
-        _log_tower(report, "vision")
+        report = load_checkpoint(model.visual, pretrained_image, strict=True, skip=tower_skip,
+                                 allow_missing=("head.",))
+        log.info("vision tower: %s", report)
     if pretrained_text:
-        report = load_checkpoint(model.text, pretrained_text, strict=False, skip=tower_skip)
-        _log_tower(report, "text")
+        report = load_checkpoint(model.text, pretrained_text, strict=True, skip=tower_skip)
+        log.info("text tower: %s", report)
     return model.to(device=device, dtype=_PRECISIONS[precision])
-
-
-def _log_tower(report: LoadReport, tower: str) -> None:
-    log.info("%s tower: %s", tower, report)
-    if report.mismatched or report.unexpected:
-        from evaclip.errors import CheckpointError
-        raise CheckpointError(f"{tower} tower checkpoint does not fit: {report.problems()}; pass the keys to "
-                              "re-initialise with skip_keys, or check the model config")
 
 
 def create_model_and_transforms(name_or_json, pretrained=None, **kwargs):

@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from evaclip.models.config import VisionConfig
-from evaclip.models.layers import Block, VisionRope, init_scale_for_depth, make_norm, patch_dropout, trunc_normal_
+from evaclip.models.layers import (Block, RMSNorm, VisionRope, init_scale_for_depth, make_norm, patch_dropout,
+                                   trunc_normal_)
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 
@@ -74,19 +75,31 @@ class EVAVisionTransformer(nn.Module):
     def init_weights(self) -> None:
         trunc_normal_(self.pos_embed)
         trunc_normal_(self.cls_token)
+        # The official init touches only Linear and LayerNorm; the rest keeps PyTorch's defaults, which are
+        # set explicitly here so that a model built on the meta device and materialised with to_empty()
+        # gets the same distribution of weights.
+        self.patch_embed.proj.reset_parameters()
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
+            elif isinstance(m, (nn.LayerNorm, RMSNorm)):
                 nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
         for i, blk in enumerate(self.blocks, start=1):
             blk.attn.proj.weight.mul_(init_scale_for_depth(i))
             out = blk.mlp.w3 if self.cfg.naiveswiglu else blk.mlp.fc2
             out.weight.mul_(init_scale_for_depth(i))
-        self.head.weight.mul_(0.001)  # a near-zero head: the CLIP projection starts small
+            if blk.attn.q_bias is not None:
+                nn.init.zeros_(blk.attn.q_bias)
+                nn.init.zeros_(blk.attn.v_bias)
+            if blk.gamma_1 is not None:
+                nn.init.constant_(blk.gamma_1, self.cfg.ls_init_value)
+                nn.init.constant_(blk.gamma_2, self.cfg.ls_init_value)
+        if isinstance(self.head, nn.Linear):
+            self.head.weight.mul_(0.001)  # a near-zero head: the CLIP projection starts small
         self.init_buffers()
 
     def init_buffers(self) -> None:

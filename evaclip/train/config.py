@@ -107,6 +107,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.schedule.kind == "cosine" and self.schedule.warmup_steps >= self.steps:
+            raise ConfigError(f"schedule.warmup_steps ({self.schedule.warmup_steps}) must be below steps "
+                              f"({self.steps}); e.g. schedule.warmup_steps={max(0, self.steps // 10)}")
         if self.loss.kind not in ("clip", "siglip"):
             raise ConfigError(f"loss.kind must be clip or siglip, got {self.loss.kind!r}")
         if self.model.fixed_temperature is not None and not self.model.fixed_temperature > 0:

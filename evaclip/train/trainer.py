@@ -64,6 +64,8 @@ class Trainer:
         if self.dist.is_main:
             _check_writable(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        # Fail before any work if resume=latest finds nothing to resume.
+        self.resume_path = checkpointing.resolve_resume(cfg.resume, self.out_dir)
         self.task = make_task(cfg)
 
         # Identical initial weights on every rank (DDP broadcasts anyway; FSDP2 shards what each rank built).
@@ -105,7 +107,8 @@ class Trainer:
         from evaclip.data.pipeline import make_loader
         from evaclip.transforms import image_transform
         self.cfg.data.context_length = getattr(self.task.tokenizer(), "context_length", self.cfg.data.context_length)
-        transform = image_transform(self.task.image_size, is_train=True)
+        make = getattr(self.task, "train_transform", None)
+        transform = make() if make else image_transform(self.task.image_size, is_train=True)
         return make_loader(self.cfg.data, self.dist.rank, self.dist.world_size, transform=transform,
                            tokenizer=self.task.tokenizer())
 
@@ -118,7 +121,7 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------------------
     def resume(self) -> None:
-        path = checkpointing.resolve_resume(self.cfg.resume, self.out_dir)
+        path = self.resume_path
         if path is None:
             return
         meta, rank_state = checkpointing.load(path, self.model, self.optimizer)
@@ -193,11 +196,13 @@ class Trainer:
                   "grad_norm": float(grad_norm), "skipped": not ok}
         for k, v in extras.items():
             record[k] = float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
-        if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+        return record
+
+    def check_nonfinite(self, step: int) -> None:
+        if self.nonfinite_in_a_row >= self.cfg.max_nonfinite_steps:
             raise TrainingError(
                 f"loss or gradients were not finite for {self.nonfinite_in_a_row} steps in a row (last at step "
                 f"{step}); lower optim.lr, raise schedule.warmup_steps, check the data, or train in fp32")
-        return record
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -243,8 +248,9 @@ class Trainer:
                     with open(self.out_dir / f"samples_rank{self.dist.rank}.jsonl", "a") as f:
                         f.write(json.dumps({"step": self.step - 1, "keys": list(info.get("keys", []))}) + "\n")
                 last = record
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps or record["skipped"]:
                     metrics.log(record)
+                self.check_nonfinite(record["step"])
                 if progress is not None:
                     progress.update(1)
                     post = {"loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.2e}",

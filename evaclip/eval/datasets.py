@@ -1,0 +1,365 @@
+"""Evaluation datasets already on disk (nothing is ever downloaded): layout detection and loading.
+
+Layouts, detected from a path by :func:`detect_layout`:
+
+* ``clip_benchmark_wds``: CLIP_benchmark's webdataset export (``ROOT/<split>/nshards.txt`` and
+  ``{0..n-1}.tar``; read by :mod:`evaclip.eval.wds`).
+* ``captions_csv``: ``ROOT/captions.csv`` with header ``image,caption``, one row per caption.
+* ``classification_csv``: a CSV with header ``image,label`` (class index or class name) and
+  ``classnames.txt`` beside it.
+* ``imagenet_folders``: class folders named by ImageNet synset (``n01440764``, ImageNet val / -A / -R /
+  -Sketch) or by ImageNet class index (``0`` .. ``999``, ImageNet-V2); labels index the 1,000 classes, or the
+  folders present in ImageNet order (ImageNet-A/R: their 200-class subsets).
+* ``objectnet``: ObjectNet 1.0 as distributed (``images/<folder>/`` and ``mappings/*.json``, at ROOT or
+  ``ROOT/objectnet-1.0``); as in CLIP_benchmark, the 113 classes that map to ImageNet, named by ObjectNet.
+* ``image_folder``: ``ROOT/<class name>/<image>``, optional ``classnames.txt`` / ``templates.txt``.
+
+A ``ROOT/<split>/`` folder in any of these layouts is used in place of ``ROOT``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from evaclip.errors import DatasetError
+from evaclip.eval import benchmarks
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
+LAYOUTS_HELP = ("a folder of class folders (ROOT/<class>/<image>), a classification CSV (header image,label) "
+                "with classnames.txt, ROOT/captions.csv (header image,caption), ImageNet synset folders, "
+                "ObjectNet 1.0 (images/ + mappings/), or "
+                "CLIP_benchmark's webdataset layout (ROOT/<split>/nshards.txt + {i}.tar)")
+_WNID = re.compile(r"^n\d{8}$")
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+@dataclass
+class ClassificationData:
+    """Images with integer labels, and the class names / templates the dataset itself provides."""
+
+    dataset: Dataset
+    classnames: list[str]
+    templates: list[str] | None
+    layout: str
+    labels: list[int] = field(default_factory=list)
+
+
+@dataclass
+class RetrievalData:
+    """Images (their label is the image index) and all captions with the index of the image each describes."""
+
+    dataset: Dataset
+    captions: list[str]
+    text_to_image: list[int]
+    layout: str
+
+
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """Decode an image file (path or bytes) to RGB; a corrupt file raises DatasetError naming it."""
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image.load()
+    except Exception as e:  # PIL raises many types for bad files
+        raise DatasetError(f"cannot read image {source if not isinstance(source, bytes) else '<bytes>'}: {e}")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+class ImageListDataset(Dataset):
+    """(transform(image), label) for a list of image files."""
+
+    def __init__(self, items: Sequence[tuple[Path, int]], transform: Transform):
+        self.items, self.transform = list(items), transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path, label = self.items[i]
+        return self.transform(open_image(path)), label
+
+
+class TarMembersDataset(Dataset):
+    """(transform(image), label) for images stored in tar files, read by offset (no extraction)."""
+
+    def __init__(self, items: Sequence[tuple[Path, int, int, int]], transform: Transform):
+        self.items, self.transform = list(items), transform  # (tar path, data offset, size, label)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path, offset, size, label = self.items[i]
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        return self.transform(open_image(data)), label
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Non-empty stripped lines of a text file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e.strerror}")
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [h.strip().lower() for h in next(csv.reader(f), [])]
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def class_folders(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def detect_layout(root: str | Path) -> str:
+    """The layout name of a dataset path, or DatasetError naming the layouts evaclip reads."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset path {root} does not exist; expected {LAYOUTS_HELP}")
+    if root.is_file():
+        header = _csv_header(root) if root.suffix.lower() == ".csv" else []
+        if header[:2] == ["image", "caption"]:
+            return "captions_csv"
+        if header[:2] == ["image", "label"]:
+            return "classification_csv"
+        raise DatasetError(f"{root} is not a CSV with header image,label or image,caption; expected {LAYOUTS_HELP}")
+    dirs = class_folders(root)
+    if (root / "nshards.txt").exists() or any((d / "nshards.txt").exists() for d in dirs):
+        return "clip_benchmark_wds"
+    if (root / "captions.csv").exists():
+        return "captions_csv"
+    if _objectnet_root(root) is not None:
+        return "objectnet"
+    csvs = [p for p in sorted(root.glob("*.csv")) if _csv_header(p)[:2] == ["image", "label"]]
+    if len(csvs) == 1:
+        return "classification_csv"
+    with_images = [d for d in dirs if any(_is_image(p) for p in d.iterdir())]
+    if with_images:
+        names = [d.name for d in with_images]
+        if all(_WNID.match(n) for n in names) or all(n.isdigit() and int(n) < 1000 for n in names):
+            return "imagenet_folders"
+        return "image_folder"
+    raise DatasetError(f"no dataset found at {root}; expected {LAYOUTS_HELP}")
+
+
+def _objectnet_root(root: Path) -> Path | None:
+    for base in (root, root / "objectnet-1.0"):
+        if (base / "mappings" / "folder_to_objectnet_label.json").exists() and (base / "images").is_dir():
+            return base
+    return None
+
+
+def _load_objectnet(root: Path, transform: Transform) -> ClassificationData:
+    base = _objectnet_root(root)
+    try:
+        folder_to_label = json.loads((base / "mappings" / "folder_to_objectnet_label.json").read_text())
+        to_imagenet = json.loads((base / "mappings" / "objectnet_to_imagenet_1k.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{base}/mappings: cannot read ObjectNet's mapping files ({e})")
+    # The classes are the folders whose ObjectNet label has ImageNet counterparts, in sorted folder order.
+    folders = sorted(f for f, label in folder_to_label.items() if label in to_imagenet)
+    classnames = [folder_to_label[f].lower() for f in folders]
+    dirs = [base / "images" / f for f in folders]
+    present = [(d, i) for i, d in enumerate(dirs) if d.is_dir()]
+    if not present:
+        raise DatasetError(f"{base}/images has none of the {len(folders)} ImageNet-mapped ObjectNet folders")
+    items = _folder_items([d for d, _ in present], [i for _, i in present])
+    return ClassificationData(ImageListDataset(items, transform), classnames, None, "objectnet",
+                              [label for _, label in items])
+
+
+def resolve_split(root: str | Path, split: str) -> Path:
+    """``ROOT/<split>`` when it holds a dataset (or CLIP_benchmark shards), else ``ROOT`` itself."""
+    root = Path(root)
+    sub = root / split
+    if (sub / "nshards.txt").exists():
+        return root  # CLIP_benchmark: metadata at ROOT, shards under ROOT/<split>
+    if sub.is_dir():
+        try:
+            detect_layout(sub)
+            return sub
+        except DatasetError:
+            pass
+    return root
+
+
+def folder_classnames(folders: list[str], dataset: str | None) -> tuple[list[str], list[int]]:
+    """Class names and label of each folder: a known benchmark whose names all match the folders gives its
+    own names and label order; otherwise the folder names (underscores as spaces) in sorted order."""
+    def norm(s: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", s.lower())
+    if dataset:
+        try:
+            known = benchmarks.default_classnames(dataset)
+        except Exception:
+            known = []
+        index = {norm(c): i for i, c in enumerate(known)}
+        if known and len(index) == len(known) and all(norm(f) in index for f in folders):
+            return known, [index[norm(f)] for f in folders]
+    return [f.replace("_", " ") for f in folders], list(range(len(folders)))
+
+
+def _folder_items(folders: list[Path], labels: list[int]) -> list[tuple[Path, int]]:
+    items = [(p, label) for d, label in zip(folders, labels) for p in sorted(d.iterdir()) if _is_image(p)]
+    if not items:
+        raise DatasetError(f"no images found in the class folders under {folders[0].parent}")
+    return items
+
+
+def _load_image_folder(root: Path, transform: Transform, dataset: str | None) -> ClassificationData:
+    folders = [d for d in class_folders(root) if any(_is_image(p) for p in d.iterdir())]
+    names = [d.name for d in folders]
+    if (root / "classnames.txt").exists():
+        classnames = read_lines(root / "classnames.txt")
+        if len(classnames) != len(folders):
+            raise DatasetError(f"{root}/classnames.txt has {len(classnames)} names but there are {len(folders)} "
+                               f"class folders; it must list one name per folder, in sorted folder order")
+        labels = list(range(len(folders)))
+    else:
+        classnames, labels = folder_classnames(names, dataset)
+    templates = read_lines(root / "templates.txt") if (root / "templates.txt").exists() else None
+    items = _folder_items(folders, labels)
+    return ClassificationData(ImageListDataset(items, transform), classnames, templates, "image_folder",
+                              [label for _, label in items])
+
+
+def _load_imagenet_folders(root: Path, transform: Transform, dataset: str | None) -> ClassificationData:
+    folders = [d for d in class_folders(root) if any(_is_image(p) for p in d.iterdir())]
+    wnids = benchmarks.imagenet_wnids()
+    all_names = benchmarks.default_classnames("imagenet1k")
+    if _WNID.match(folders[0].name):
+        position = {w: i for i, w in enumerate(wnids)}
+        unknown = [d.name for d in folders if d.name not in position]
+        if unknown:
+            raise DatasetError(f"{root}: folders {unknown[:3]} are not ImageNet-1K synsets")
+        imagenet_index = [position[d.name] for d in folders]
+    else:
+        imagenet_index = [int(d.name) for d in folders]
+    subset = benchmarks.imagenet_subset(dataset) if dataset else None
+    if subset is None and len(folders) == 200 and dataset is None:
+        subset = sorted(imagenet_index)  # ImageNet-A/R style: the classes present, in ImageNet order
+    if subset is None:
+        classnames, labels = all_names, imagenet_index
+    else:
+        where = {c: i for i, c in enumerate(subset)}
+        missing = [i for i in imagenet_index if i not in where]
+        if missing:
+            raise DatasetError(f"{root}: {len(missing)} class folders are not in the {dataset} class subset")
+        classnames, labels = [all_names[i] for i in subset], [where[i] for i in imagenet_index]
+    items = _folder_items(folders, labels)
+    return ClassificationData(ImageListDataset(items, transform), classnames, None, "imagenet_folders",
+                              [label for _, label in items])
+
+
+def _read_csv_rows(path: Path, columns: tuple[str, str]) -> list[tuple[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        reader.fieldnames = [h.strip().lower() for h in reader.fieldnames or []]
+        if reader.fieldnames[:2] != list(columns):
+            raise DatasetError(f"{path}: expected the header {','.join(columns)}, got {','.join(reader.fieldnames)}")
+        rows = [(r[columns[0]], r[columns[1]]) for r in reader]
+    if not rows:
+        raise DatasetError(f"{path} has a header but no rows")
+    return rows
+
+
+def _load_classification_csv(path: Path, transform: Transform, dataset: str | None) -> ClassificationData:
+    if path.is_dir():
+        path = next(p for p in sorted(path.glob("*.csv")) if _csv_header(p)[:2] == ["image", "label"])
+    rows = _read_csv_rows(path, ("image", "label"))
+    names_file = path.parent / "classnames.txt"
+    if names_file.exists():
+        classnames = read_lines(names_file)
+    elif dataset:
+        classnames = benchmarks.default_classnames(dataset)
+    else:
+        classnames = sorted({label.strip() for _, label in rows})
+        if any(c.lstrip("-").isdigit() for c in classnames):
+            raise DatasetError(f"{path}: integer labels need a classnames.txt beside the CSV (one name per line)")
+    index = {c: i for i, c in enumerate(classnames)}
+    items = []
+    for image, label in rows:
+        label = label.strip()
+        if label in index:
+            y = index[label]
+        elif label.lstrip("-").isdigit():
+            y = int(label)
+        else:
+            raise DatasetError(f"{path}: label {label!r} is neither a class index nor a name in classnames.txt")
+        if not 0 <= y < len(classnames):
+            raise DatasetError(f"{path}: label {y} is out of range for {len(classnames)} classes")
+        items.append((path.parent / image, y))
+    missing = [str(p) for p, _ in items if not p.exists()]
+    if missing:
+        raise DatasetError(f"{path}: {len(missing)} image files are missing, e.g. {missing[0]}")
+    templates_file = path.parent / "templates.txt"
+    templates = read_lines(templates_file) if templates_file.exists() else None
+    return ClassificationData(ImageListDataset(items, transform), classnames, templates, "classification_csv",
+                              [y for _, y in items])
+
+
+def load_classification(path: str | Path, transform: Transform, dataset: str | None = None,
+                        split: str = "test") -> ClassificationData:
+    """Load a classification dataset from any supported layout (see the module docstring)."""
+    root = resolve_split(path, split)
+    layout = detect_layout(root)
+    if layout == "clip_benchmark_wds":
+        from evaclip.eval.wds import load_wds_classification  # wds builds on this module's classes
+        return load_wds_classification(root, transform, split)
+    if layout == "classification_csv":
+        return _load_classification_csv(root, transform, dataset)
+    if layout == "imagenet_folders":
+        return _load_imagenet_folders(root, transform, dataset)
+    if layout == "objectnet":
+        return _load_objectnet(root, transform)
+    if layout == "image_folder":
+        return _load_image_folder(root, transform, dataset)
+    raise DatasetError(f"{root} is a {layout} dataset, not a classification dataset; expected {LAYOUTS_HELP}")
+
+
+def load_retrieval(path: str | Path, transform: Transform, split: str = "test") -> RetrievalData:
+    """Load an image-caption dataset: ``captions.csv`` or CLIP_benchmark's retrieval webdataset."""
+    root = resolve_split(path, split)
+    layout = detect_layout(root)
+    if layout == "captions_csv":
+        captions, owner = [], []
+        csv_path = root if root.is_file() else root / "captions.csv"
+        image_index: dict[str, int] = {}
+        for image, caption in _read_csv_rows(csv_path, ("image", "caption")):
+            owner.append(image_index.setdefault(image, len(image_index)))
+            captions.append(caption)
+        items = [(csv_path.parent / image, i) for image, i in image_index.items()]
+        missing = [str(p) for p, _ in items if not p.exists()]
+        if missing:
+            raise DatasetError(f"{csv_path}: {len(missing)} image files are missing, e.g. {missing[0]}")
+        return RetrievalData(ImageListDataset(items, transform), captions, owner, layout)
+    if layout == "clip_benchmark_wds":
+        from evaclip.eval.wds import load_wds_retrieval
+        return load_wds_retrieval(root, transform, split)
+    raise DatasetError(f"{root} is a {layout} dataset, not image-caption pairs; expected ROOT/captions.csv "
+                       f"(header image,caption) or CLIP_benchmark's retrieval webdataset")
+
+
+def make_loader(dataset: Dataset, batch_size: int = 64, workers: int = 0) -> DataLoader:
+    """An in-order batched loader (several worker processes when ``workers`` > 0)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False)

@@ -1,0 +1,157 @@
+"""Contrastive losses over the global batch: InfoNCE (CLIP) and the sigmoid loss (SigLIP).
+
+Gradient convention (what makes 1 and N processes agree). Each rank computes a loss ``L_r`` from its own
+rows; the global loss is ``L = mean_r L_r`` (every rank holds the same number of samples). The gather used
+here is differentiable and its backward *sums* the gradients that all ranks send to a rank's features, so
+after ``L_r.backward()`` a rank's local features hold ``d(sum_r L_r)/df = world_size * dL/df``. DDP then
+*averages* parameter gradients over ranks (so does FSDP2's reduce-scatter), which divides that factor away
+again: the averaged parameter gradients (logit_scale included) equal the single-process gradient of ``L``.
+Log ``all_reduce_mean(loss)`` to report ``L``. tests/train/test_distributed_loss.py checks all of this with
+two torchrun processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
+from torch import nn
+
+from evaclip.errors import ConfigError
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``factor`` in backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.factor, None
+
+
+def gather_features(features: torch.Tensor, *, with_grad: bool, world_size: int, rank: int) -> torch.Tensor:
+    """Concatenate ``features`` from every rank along dim 0, in rank order.
+
+    ``with_grad=True`` uses the autograd-aware all_gather (its backward sums gradients from all ranks).
+    Otherwise the other ranks' copies are constants and only this rank's own slice, put back in place,
+    carries gradient; that is exact only when every rank computes the same full loss, and the slice's
+    gradient is scaled by ``world_size`` to keep the convention of the module docstring.
+    """
+    if world_size == 1:
+        return features
+    if with_grad:
+        return torch.cat(dist_fn.all_gather(features), dim=0)
+    parts = [torch.empty_like(features) for _ in range(world_size)]
+    dist.all_gather(parts, features.detach().contiguous())
+    parts[rank] = _ScaleGrad.apply(features, float(world_size))
+    return torch.cat(parts, dim=0)
+
+
+def _check_pair(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+    if image_features.ndim != 2 or image_features.shape != text_features.shape:
+        raise ConfigError(
+            f"image and text features must both be [batch, dim] with equal shapes, got "
+            f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
+        )
+
+
+class ClipLoss(nn.Module):
+    """Symmetric InfoNCE over the global batch (the CLIP / EVA-CLIP loss).
+
+    ``local_loss=True``: each rank scores its local images against all texts and its local texts against
+    all images (``b x B`` logits, labels ``arange(b) + b * rank``); the memory-light choice of the official
+    recipe. ``local_loss=False``: every rank builds the full ``B x B`` logits. ``gather_with_grad`` selects the
+    differentiable gather; ``local_loss=True`` requires it, since without it the gradient through the other
+    ranks' logits is silently lost.
+    Both gathers give the same gradients (see the module docstring); the differentiable one is cheaper with
+    ``local_loss=True`` and is the default.
+    """
+
+    def __init__(self, local_loss: bool = True, gather_with_grad: bool = True) -> None:
+        super().__init__()
+        if local_loss and not gather_with_grad:
+            raise ConfigError("ClipLoss(local_loss=True) needs gather_with_grad=True for correct gradients")
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+
+    def logits(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(logits_per_image, logits_per_text, labels)`` for this rank."""
+        _check_pair(image_features, text_features)
+        rank, world_size = _rank_and_world()
+        b = image_features.shape[0]
+        all_img = gather_features(image_features, with_grad=self.gather_with_grad, world_size=world_size, rank=rank)
+        all_txt = gather_features(text_features, with_grad=self.gather_with_grad, world_size=world_size, rank=rank)
+        if self.local_loss:
+            logits_per_image = logit_scale * image_features @ all_txt.T
+            logits_per_text = logit_scale * text_features @ all_img.T
+            labels = torch.arange(b, device=image_features.device) + b * rank
+        else:
+            logits_per_image = logit_scale * all_img @ all_txt.T
+            logits_per_text = logits_per_image.T
+            labels = torch.arange(b * world_size, device=image_features.device)
+        return logits_per_image, logits_per_text, labels
+
+    def forward(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+    ) -> torch.Tensor:
+        """Loss for this rank; ``logit_scale`` is the multiplier itself (``exp`` of the parameter)."""
+        logits_per_image, logits_per_text, labels = self.logits(image_features, text_features, logit_scale)
+        # Cross entropy in fp32 even under autocast: the log-sum-exp over a large global batch needs it.
+        return (
+            F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)
+        ) / 2
+
+
+class SigLipLoss(nn.Module):
+    """Pairwise sigmoid loss (SigLIP, Zhai et al. 2023) over the global batch.
+
+    Every (image, text) pair is a binary problem: positive on the diagonal, negative elsewhere, with logit
+    ``logit_scale * <x_i, y_j> + logit_bias``. The loss of a rank is the sum of ``-log sigmoid(+-logit)`` over
+    its local images against all texts (gathered with gradient), divided by the local batch size, so the
+    global loss is the mean over ranks as for :class:`ClipLoss`. The model owns the learnable bias
+    (SigLIP initialises ``logit_bias = -10`` and ``logit_scale = ln 10``, see the class constants).
+    """
+
+    init_logit_bias: float = -10.0
+    init_logit_scale: float = math.log(10.0)
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        logit_bias: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """Loss for this rank; ``logit_scale`` is the multiplier itself (``exp`` of the parameter)."""
+        _check_pair(image_features, text_features)
+        rank, world_size = _rank_and_world()
+        b = image_features.shape[0]
+        all_txt = gather_features(text_features, with_grad=True, world_size=world_size, rank=rank)
+        logits = (logit_scale * image_features @ all_txt.T + logit_bias).float()
+        # +1 on this rank's diagonal block, -1 elsewhere.
+        signs = -torch.ones_like(logits)
+        cols = torch.arange(b, device=logits.device) + b * rank
+        signs[torch.arange(b, device=logits.device), cols] = 1.0
+        return -F.logsigmoid(signs * logits).sum() / b
+
+
+def clamp_logit_scale_(logit_scale: torch.Tensor, max_scale: float = 100.0) -> None:
+    """Clamp a learnable log-scale in place to ``[0, ln max_scale]`` (the official code does it every step,
+    so the temperature never drops below ``1 / max_scale``)."""
+    with torch.no_grad():
+        logit_scale.clamp_(0.0, math.log(max_scale))

@@ -1,0 +1,95 @@
+"""The masked-image-modeling task: the EVA step of the weak-to-strong loop.
+
+A student EVA ViT (the vision tower of ``model.name``) regresses, at BEiT block-masked positions, the
+per-patch features of a frozen EVA-CLIP teacher (``mim.teacher`` + ``mim.teacher_model``). The result is a
+vision-only checkpoint in the official MIM layout (with ``mask_token`` and ``lm_head``), which initialises a
+larger EVA-CLIP through ``model.pretrained_image`` (see the ``demo-student`` recipe).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from evaclip.train.config import TrainConfig
+
+
+class _NoTokens:
+    """MIM needs no text: a picklable stand-in tokenizer that costs nothing in the data workers."""
+
+    context_length = 1
+
+    def __call__(self, texts, context_length: int | None = None) -> torch.Tensor:
+        return torch.zeros(len(texts) if isinstance(texts, list) else 1, 1, dtype=torch.long)
+
+
+class MIMTask:
+    name = "mim"
+
+    def __init__(self, cfg: TrainConfig):
+        from evaclip.models import get_model_config
+        from evaclip.models.masking import BlockMaskGenerator
+        from evaclip.models.mim import MIMTeacher
+
+        self.cfg = cfg
+        self.model_cfg = get_model_config(cfg.model.name)
+        self.vision_cfg = self.model_cfg.vision_cfg
+        if cfg.model.patch_dropout is not None:
+            self.vision_cfg.patch_dropout = cfg.model.patch_dropout
+        grid = self.vision_cfg.grid_size
+        self.teacher = MIMTeacher.from_checkpoint(cfg.mim.teacher_model, cfg.mim.teacher, student_grid=grid,
+                                                  include_cls=cfg.mim.include_cls)
+        self.masker = BlockMaskGenerator(grid, num_masking_patches=max(1, round(cfg.mim.mask_ratio * grid * grid)))
+
+    @property
+    def image_size(self) -> int:
+        return self.vision_cfg.image_size
+
+    def train_transform(self):
+        from evaclip.transforms import image_transform
+        # EVA-02's MIM crop: RandomResizedCrop with scale (0.2, 1).
+        return image_transform(self.image_size, is_train=True, scale=(0.2, 1.0))
+
+    def build(self, device: torch.device) -> nn.Module:
+        from evaclip.models.mim import MIMStudent
+        student = MIMStudent(self.vision_cfg, teacher_dim=self.teacher.output_dim)
+        if self.cfg.model.pretrained_image:  # continue from an earlier MIM file
+            student.load(self.cfg.model.pretrained_image)
+        if self.cfg.model.grad_checkpointing:
+            student.set_grad_checkpointing(True)
+        self.teacher.to(device)
+        return student.to(device)
+
+    def tokenizer(self):
+        return _NoTokens()
+
+    def make_loss(self):
+        return None
+
+    def loss(self, model: nn.Module, loss_fn, images: torch.Tensor, tokens: torch.Tensor):
+        from evaclip.models.mim import mim_step_loss
+        # Masks come from the global torch RNG, which checkpoints save and restore: resume stays exact.
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        mask = self.masker(images.shape[0], seed).to(images.device)
+        loss, metrics = mim_step_loss(model, self.teacher, images, mask)
+        return loss, {k: v for k, v in metrics.items() if k != "loss"}
+
+    def after_step(self, model: nn.Module) -> None:
+        pass
+
+    def export(self, full_state_dict: dict[str, torch.Tensor], out_dir: Path) -> list[Path]:
+        from evaclip.models.checkpoint import save_file
+        weights, config = out_dir / "final.safetensors", out_dir / "model_config.json"
+        save_file(full_state_dict, weights, metadata={"format": "pt", "evaclip_layout": "mim"})
+        # The CLIP config whose vision tower this student is: create_model(config, pretrained_image=weights).
+        config.write_text(json.dumps(self.model_cfg.to_dict(), indent=2) + "\n")
+        return [weights, config]
+
+    def flops_per_sample(self) -> float | None:
+        try:
+            from evaclip.plan.flops import mim_flops_per_sample
+        except ImportError:
+            return None
+        return mim_flops_per_sample(self.vision_cfg, self.teacher.visual.cfg)

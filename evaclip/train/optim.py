@@ -1,0 +1,235 @@
+"""Optimizers (LAMB, AdamW) and the official EVA-CLIP parameter groups.
+
+``param_groups`` follows the official recipe: the vision tower (``visual.*``) and text tower (``text.*``)
+each have their own peak lr and layer-wise lr decay, everything else (``logit_scale``) uses the base lr;
+1-D tensors, biases, position embeddings, the cls token and ``logit_scale`` get no weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from evaclip.errors import ConfigError
+
+OPTIMIZERS = ("lamb", "adamw")
+TOWERS = ("visual", "text")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer settings. ``visual_lr`` / ``text_lr`` default to ``lr``; ``*_ld`` is the layer-wise lr decay
+    (1.0 = none). The defaults are the paper's 8B/18B recipe (Table 12)."""
+
+    name: str = "lamb"
+    lr: float = 4e-4
+    visual_lr: float | None = 4e-4
+    text_lr: float | None = 4e-5
+    weight_decay: float = 0.0
+    visual_ld: float = 0.9
+    text_ld: float = 0.75
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-6
+    grad_clip: float | None = 5.0
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        for key in ("lr", "visual_lr", "text_lr", "weight_decay", "eps"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"optim.{key} must be >= 0, got {value}")
+        for key in ("visual_ld", "text_ld"):
+            if not 0.0 < getattr(self, key) <= 1.0:
+                raise ConfigError(f"optim.{key} must lie in (0, 1], got {getattr(self, key)}")
+        self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON/CLI overrides give lists
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"optim.grad_clip must be > 0 (or None to disable), got {self.grad_clip}")
+
+
+def _tower_settings(model: nn.Module, tower: str, cfg: OptimConfig) -> tuple[nn.Module | None, float, float]:
+    lr = getattr(cfg, f"{tower}_lr")
+    return getattr(model, tower, None), cfg.lr if lr is None else lr, getattr(cfg, f"{tower}_ld")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside DDP / torch.compile wrappers."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Split the trainable parameters of an (unwrapped) CLIP model into optimizer groups.
+
+    One group per (tower, layer id, decay or not). Each group carries ``params``, ``param_names``, ``name``
+    (e.g. ``"visual.layer3.decay"``, ``"other.no_decay"``), ``tower``, ``layer_id``, ``weight_decay``,
+    ``base_lr`` (the tower's peak lr), ``lr_scale`` (``ld ** (L + 1 - layer_id)``, 1 for "other") and
+    ``lr = base_lr * lr_scale``. Frozen parameters are left out. DDP and torch.compile wrappers are looked
+    through (their ``module.`` / ``_orig_mod.`` prefixes would hide the towers); FSDP2 keeps the names.
+    """
+    model = _unwrap(model)
+    model_no_wd = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    towers = {t: _tower_settings(model, t, cfg) for t in TOWERS}
+    no_wd = {"logit_scale", "logit_bias"} | model_no_wd
+    for tower, (module, _, _) in towers.items():
+        if module is not None and hasattr(module, "no_weight_decay"):
+            no_wd |= {f"{tower}.{n}" for n in module.no_weight_decay()}
+
+    groups: dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        tower = next((t for t in TOWERS if name.startswith(t + ".") and towers[t][0] is not None), "other")
+        if tower == "other":
+            base_lr, layer_id, scale = cfg.lr, 0, 1.0
+        else:
+            module, base_lr, ld = towers[tower]
+            num_layers = int(module.num_layers)
+            layer_id = int(module.layer_id(name[len(tower) + 1 :]))
+            if not 0 <= layer_id <= num_layers + 1:
+                raise ConfigError(f"{tower}.layer_id({name!r}) = {layer_id} lies outside [0, {num_layers + 1}]")
+            scale = ld ** (num_layers + 1 - layer_id)
+        decay = not (param.ndim <= 1 or name.endswith(".bias") or name in no_wd)
+        key = f"{tower}.layer{layer_id}" if tower != "other" else "other"
+        key += ".decay" if decay else ".no_decay"
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "name": key,
+                "tower": tower,
+                "layer_id": layer_id,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+                "base_lr": base_lr,
+                "lr_scale": scale,
+                "lr": base_lr * scale,
+                "param_names": [],
+            }
+        groups[key]["params"].append(param)
+        groups[key]["param_names"].append(name)
+    if not groups:
+        raise ConfigError("the model has no trainable parameters (all have requires_grad=False)")
+    return list(groups.values())
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB (You et al. 2020) with the update rule of DeepSpeed's FusedLamb, which the paper used.
+
+    Per tensor ``w`` with gradient ``g`` at step ``t``::
+
+        m = b1 * m + (1 - b1) * g;   v = b2 * v + (1 - b2) * g^2
+        u = m / (sqrt(v) + eps) + weight_decay * w
+        trust = clamp(|w| / |u|, min_trust, max_trust)   (1 when |w| or |u| is 0)
+        w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * trust * u      (bias correction folded in the step size)
+
+    As in DeepSpeed, the trust ratio is applied to every tensor (also those without weight decay) and is
+    computed from the uncorrected moments. No gradient clipping happens here: clip before ``step``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        bias_correction: bool = True,
+        min_trust: float = 0.01,
+        max_trust: float = 10.0,
+    ) -> None:
+        if not 0.0 < min_trust <= max_trust:
+            raise ConfigError(f"Lamb needs 0 < min_trust <= max_trust, got {min_trust} and {max_trust}")
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
+            min_trust=min_trust, max_trust=max_trust,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("Lamb does not support sparse gradients")
+            grads = [p.grad for p in params]
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+            states = [self.state[p] for p in params]
+            exp_avgs = [s["exp_avg"] for s in states]
+            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+            beta1, beta2 = group["betas"]
+
+            torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+            # u = m / (sqrt(v) + eps), built in one buffer: 1 / (sqrt(v) + eps), then times m.
+            updates = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(updates, group["eps"])
+            torch._foreach_reciprocal_(updates)
+            torch._foreach_mul_(updates, exp_avgs)
+            if group["weight_decay"] != 0:
+                torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+
+            w_norms = torch._foreach_norm(params)
+            u_norms = torch._foreach_norm(updates)
+            torch._foreach_mul_(updates, self._trust_ratios(w_norms, u_norms, group["min_trust"], group["max_trust"]))
+
+            # Parameters in one group may sit at different steps (e.g. added later); group them by step.
+            by_step: dict[float, list[int]] = {}
+            for i, s in enumerate(states):
+                by_step.setdefault(float(s["step"]), []).append(i)
+            for t, idx in by_step.items():
+                step_size = group["lr"]
+                if group["bias_correction"]:
+                    step_size *= math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+                torch._foreach_add_([params[i] for i in idx], [updates[i] for i in idx], alpha=-step_size)
+        return loss
+
+
+    @staticmethod
+    def _trust_ratios(w_norms: list, u_norms: list, lo: float, hi: float) -> list[torch.Tensor]:
+        """clamp(|w| / |u|, lo, hi), or 1 where either norm is 0; one tensor per parameter."""
+
+        def ratio(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            return torch.where((w > 0) & (u > 0), (w / u).clamp(lo, hi), torch.ones_like(w))
+
+        if all(type(n) is torch.Tensor for n in w_norms):  # plain tensors: a few kernels for the whole group
+            return list(ratio(torch.stack(w_norms), torch.stack(u_norms)).unbind(0))
+        # Sharded (FSDP2 DTensor) norms: elementwise ops per tensor reduce the shards' partial norms first.
+        return [ratio(w, u) for w, u in zip(w_norms, u_norms)]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names, over :func:`param_groups` of ``model``."""
+    groups = param_groups(model, cfg)
+    if cfg.name == "lamb":
+        return Lamb(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+    # The fused kernel is the fastest on CUDA; foreach elsewhere (CPU, meta, mixed placement).
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+        fused=True if on_cuda else None, foreach=None if on_cuda else True,
+    )  # fmt: skip

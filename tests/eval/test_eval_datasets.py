@@ -1,0 +1,228 @@
+"""Dataset layouts on disk (real PNG files, real tar shards) and end-to-end zero-shot against numpy."""
+import csv
+import io
+import tarfile
+
+import numpy as np
+import pytest
+
+from evaclip.errors import DatasetError
+from evaclip.eval.benchmarks import default_classnames, imagenet_wnids
+from evaclip.eval.datasets import detect_layout, load_classification, load_retrieval, make_loader
+from evaclip.eval.metrics import classification_metrics
+from evaclip.eval.zeroshot import evaluate_zeroshot_classification
+from evaclip.tokenizer import tokenize
+
+from eval_helpers import np_zeroshot_logits, shapes, tiny_transform, to_array
+
+CLASSES = ("red", "green", "blue")
+TEMPLATES = ["a photo of a {c} shape.", "a {c} thing"]
+
+
+def write_image_folder(root, n=3):
+    samples = shapes(n)
+    for i, (label, image) in enumerate(samples):
+        (root / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        image.save(root / CLASSES[label] / f"{i}.png")
+    return samples
+
+
+def write_wds(root, samples, split="test", shards=2, retrieval=False):
+    (root / split).mkdir(parents=True)
+    (root / split / "nshards.txt").write_text(f"{shards}\n")
+    for s in range(shards):
+        with tarfile.open(root / split / f"{s}.tar", "w") as tar:
+            for i, (label, image) in list(enumerate(samples))[s::shards]:
+                buf = io.BytesIO()
+                image.save(buf, format="PNG")
+                payload = ("\n".join(label) if retrieval else str(label)).encode()
+                for name, data in ((f"s{i:06d}.png", buf.getvalue()), (f"s{i:06d}.{'txt' if retrieval else 'cls'}", payload)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    if retrieval:
+        (root / "dataset_type.txt").write_text("retrieval\n")
+    else:
+        (root / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
+        (root / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+
+
+def numpy_metrics(model, samples, classnames, templates):
+    arrays = np.stack([to_array(img) for _, img in samples])
+    logits = np_zeroshot_logits(model, arrays, classnames, templates)
+    labels = np.array([y for y, _ in samples])
+    return logits, labels
+
+
+def check_against_numpy(model, data, samples_in_order, classnames, templates):
+    loader = make_loader(data.dataset, batch_size=4, workers=0)
+    metrics = evaluate_zeroshot_classification(model, tokenize, loader, data.classnames, templates)
+    logits, labels = numpy_metrics(model, samples_in_order, classnames, templates)
+    ref = classification_metrics(logits, labels)
+    assert (logits.argmax(1) == labels).mean() == pytest.approx(ref["acc1"])
+    for k in ("acc1", "mean_per_class_recall"):
+        assert metrics[k] == pytest.approx(ref[k])
+    assert np.isnan(metrics["acc5"])  # 3 classes
+    return metrics
+
+
+def test_image_folder_end_to_end(tmp_path, toy_model):
+    samples = write_image_folder(tmp_path)
+    (tmp_path / "templates.txt").write_text("\n".join(TEMPLATES))
+    assert detect_layout(tmp_path) == "image_folder"
+    data = load_classification(tmp_path, tiny_transform)
+    # sorted folder order: blue, green, red
+    assert data.classnames == ["blue", "green", "red"] and data.templates == TEMPLATES
+    order = {"blue": 0, "green": 1, "red": 2}
+    relabelled = sorted(((order[CLASSES[y]], img, i) for i, (y, img) in enumerate(samples)),
+                        key=lambda t: (t[0], f"{t[2]}.png"))
+    check_against_numpy(toy_model, data, [(y, img) for y, img, _ in relabelled], data.classnames, TEMPLATES)
+    # the loader gives the same batches with worker processes
+    b0 = next(iter(make_loader(data.dataset, batch_size=9, workers=2)))
+    b1 = next(iter(make_loader(data.dataset, batch_size=9, workers=0)))
+    assert (b0[0] == b1[0]).all() and (b0[1] == b1[1]).all()
+
+
+def test_classification_csv_end_to_end(tmp_path, toy_model):
+    samples = shapes(2, seed=3)
+    (tmp_path / "imgs").mkdir()
+    rows = []
+    for i, (y, img) in enumerate(samples):
+        img.save(tmp_path / "imgs" / f"{i}.jpg", quality=95)
+        rows.append((f"imgs/{i}.jpg", y if i % 2 else CLASSES[y]))  # mix indices and names
+    with open(tmp_path / "test.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "label"), *rows])
+    (tmp_path / "classnames.txt").write_text("\n".join(CLASSES))
+    assert detect_layout(tmp_path) == "classification_csv"
+    data = load_classification(tmp_path, tiny_transform)
+    assert data.labels == [y for y, _ in samples]
+    from PIL import Image
+    reread = [(y, Image.open(tmp_path / "imgs" / f"{i}.jpg")) for i, (y, _) in enumerate(samples)]
+    check_against_numpy(toy_model, data, reread, list(CLASSES), TEMPLATES)
+
+
+def test_clip_benchmark_wds_end_to_end(tmp_path, toy_model):
+    samples = shapes(3, seed=5)
+    write_wds(tmp_path, samples)
+    assert detect_layout(tmp_path / "test") == "clip_benchmark_wds"
+    data = load_classification(tmp_path, tiny_transform, split="test")
+    assert data.layout == "clip_benchmark_wds" and data.templates == TEMPLATES
+    in_order = [samples[i] for s in range(2) for i in range(s, len(samples), 2)]
+    check_against_numpy(toy_model, data, in_order, list(CLASSES), TEMPLATES)
+
+
+def test_imagenet_synset_folders(tmp_path):
+    wnids = imagenet_wnids()
+    samples = shapes(1)
+    for (y, img), wnid in zip(samples, ["n01443537", "n01498041", "n12267677"]):
+        (tmp_path / wnid).mkdir()
+        img.save(tmp_path / wnid / "a.png")
+    assert detect_layout(tmp_path) == "imagenet_folders"
+    full = load_classification(tmp_path, tiny_transform, dataset="imagenet1k")
+    assert len(full.classnames) == 1000
+    assert full.labels == [wnids.index("n01443537"), wnids.index("n01498041"), wnids.index("n12267677")]
+    sub = load_classification(tmp_path, tiny_transform, dataset="imagenet-r")
+    assert len(sub.classnames) == 200
+    assert [sub.classnames[y] for y in sub.labels] == ["goldfish", "stingray", "acorn"]
+    with pytest.raises(DatasetError, match="not in the imagenet-a class subset"):
+        load_classification(tmp_path, tiny_transform, dataset="imagenet-a")  # goldfish is not in A
+
+
+def test_known_benchmark_folder_names_map_to_shipped_names(tmp_path):
+    samples = shapes(1)
+    for name, img in zip(["truck", "airplane", "frog"], [s[1] for s in samples]):
+        (tmp_path / name).mkdir()
+        img.save(tmp_path / name / "a.png")
+    data = load_classification(tmp_path, tiny_transform, dataset="cifar10")
+    assert data.classnames == default_classnames("cifar10")
+    assert [data.classnames[y] for y in data.labels] == ["airplane", "frog", "truck"]
+
+
+def test_captions_csv_and_wds_retrieval(tmp_path):
+    samples = shapes(1)
+    (tmp_path / "c").mkdir()
+    rows = [("image", "caption")]
+    for i, (_, img) in enumerate(samples):
+        img.save(tmp_path / "c" / f"{i}.png")
+        rows += [(f"{i}.png", f"caption {i} a"), (f"{i}.png", f"caption {i} b")]
+    with open(tmp_path / "c" / "captions.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    data = load_retrieval(tmp_path / "c", tiny_transform)
+    assert data.layout == "captions_csv" and data.text_to_image == [0, 0, 1, 1, 2, 2]
+    assert len(data.dataset) == 3 and data.captions[3] == "caption 1 b"
+    write_wds(tmp_path / "w", [(["x a", "x b", "x c"], samples[0][1]), (["y a"], samples[1][1])],
+              shards=1, retrieval=True)
+    data = load_retrieval(tmp_path / "w", tiny_transform)
+    assert data.text_to_image == [0, 0, 0, 1] and data.captions == ["x a", "x b", "x c", "y a"]
+
+
+def test_missing_and_malformed_datasets_name_the_expected_layout(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist; expected a folder of class folders"):
+        detect_layout(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no dataset found.*nshards.txt"):
+        detect_layout(tmp_path / "empty")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,whatever\nx,y\n")
+    with pytest.raises(DatasetError, match="header image,label"):
+        detect_layout(bad)
+    (tmp_path / "wds" / "test").mkdir(parents=True)
+    (tmp_path / "wds" / "test" / "nshards.txt").write_text("2\n")
+    (tmp_path / "wds" / "classnames.txt").write_text("a\nb\n")
+    with pytest.raises(DatasetError, match=r"0.tar is missing"):
+        load_classification(tmp_path / "wds", tiny_transform)
+    folder = tmp_path / "folder"
+    write_image_folder(folder, n=1)
+    (folder / "classnames.txt").write_text("only one\n")
+    with pytest.raises(DatasetError, match="1 names but there are 3 class folders"):
+        load_classification(folder, tiny_transform)
+    (folder / "classnames.txt").unlink()
+    (folder / "red" / "0.png").write_bytes(b"not a png")
+    data = load_classification(folder, tiny_transform)
+    with pytest.raises(DatasetError, match="cannot read image"):
+        [data.dataset[i] for i in range(len(data.dataset))]
+
+
+def test_objectnet_layout(tmp_path):
+    import json
+    base = tmp_path / "objectnet-1.0"
+    (base / "mappings").mkdir(parents=True)
+    (base / "mappings" / "folder_to_objectnet_label.json").write_text(json.dumps(
+        {"alarm_clock": "Alarm clock", "banana": "Banana", "zz_unmapped": "Unmapped thing"}))
+    (base / "mappings" / "objectnet_to_imagenet_1k.json").write_text(json.dumps(
+        {"Alarm clock": "analog clock; digital clock", "Banana": "banana"}))
+    for i, (folder, (_, img)) in enumerate(zip(["banana", "zz_unmapped", "alarm_clock"], shapes(1))):
+        (base / "images" / folder).mkdir(parents=True)
+        img.save(base / "images" / folder / f"{i}.png")
+    assert detect_layout(tmp_path) == "objectnet"
+    data = load_classification(tmp_path, tiny_transform, dataset="objectnet")
+    assert data.classnames == ["alarm clock", "banana"]
+    assert sorted(data.labels) == [0, 1] and len(data.dataset) == 2  # the unmapped folder is left out
+
+
+def test_a_model_that_knows_colours_is_always_right_on_every_layout(tmp_path):
+    """Label / class-name alignment: any mix-up between folder order, CSV labels, shard order and the class
+    names would cost accuracy here."""
+    from eval_helpers import ColorCLIP
+    model = ColorCLIP()
+    write_image_folder(tmp_path / "folder", n=3)
+    samples = shapes(3, seed=9)
+    write_wds(tmp_path / "wds", samples, shards=2)
+    (tmp_path / "csv").mkdir()
+    rows = [("image", "label")]
+    for i, (y, img) in enumerate(samples):
+        img.save(tmp_path / "csv" / f"{i}.png")
+        rows.append((f"{i}.png", CLASSES[y] if i % 2 else y))
+    with open(tmp_path / "csv" / "data.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    (tmp_path / "csv" / "classnames.txt").write_text("\n".join(CLASSES))
+    for root in ("folder", "wds", "csv"):
+        data = load_classification(tmp_path / root, tiny_transform)
+        m = evaluate_zeroshot_classification(model, tokenize, make_loader(data.dataset, 4), data.classnames,
+                                             ["a {c} shape"])
+        assert m["acc1"] == 1.0 and m["mean_per_class_recall"] == 1.0, root
+    # and a wrong class-name order is caught: the same data with the names reversed scores worse
+    data = load_classification(tmp_path / "folder", tiny_transform)
+    m = evaluate_zeroshot_classification(model, tokenize, make_loader(data.dataset, 4), data.classnames[::-1],
+                                         ["a {c} shape"])
+    assert m["acc1"] < 0.5

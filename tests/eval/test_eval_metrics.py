@@ -1,0 +1,129 @@
+"""Metrics against naive pure-Python references and hand-computed cases."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from evaclip.eval.metrics import (classification_metrics, mean_per_class_recall, mean_recall, retrieval_recall,
+                                  topk_accuracy, video_score)
+
+
+def naive_order(row):
+    """Indices sorted best first; ties go to the lower index (what argmax does)."""
+    return sorted(range(len(row)), key=lambda j: (-row[j], j))
+
+
+def naive_topk(logits, targets, k):
+    if k > len(logits[0]):
+        return float("nan")
+    return sum(t in naive_order(row)[:k] for row, t in zip(logits, targets)) / len(targets)
+
+
+def naive_balanced_accuracy(preds, targets):
+    recalls = []
+    for c in sorted(set(targets)):
+        idx = [i for i, t in enumerate(targets) if t == c]
+        recalls.append(sum(preds[i] == c for i in idx) / len(idx))
+    return sum(recalls) / len(recalls)
+
+
+def naive_retrieval(sim, owner, k):
+    """sim[i][t] image-text scores; owner[t] = image of caption t."""
+    n_img, n_txt = len(sim), len(sim[0])
+    t2i = sum(owner[t] in naive_order([sim[i][t] for i in range(n_img)])[:k] for t in range(n_txt)) / n_txt
+    i2t = sum(any(owner[t] == i for t in naive_order(sim[i])[:k]) for i in range(n_img)) / n_img
+    return t2i, i2t
+
+
+def test_topk_hand_made_with_ties():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0, 0.0, 0.0],   # tie between 1 and 2: class 1 ranks first
+                           [5.0, 5.0, 5.0, 5.0, 5.0, 5.0],   # all tied: class 5 has rank 5
+                           [0.0, 0.0, 0.0, 0.0, 0.0, 9.0]])
+    targets = torch.tensor([2, 5, 5])
+    acc = topk_accuracy(logits, targets, ks=(1, 2, 5, 6))
+    assert acc[1] == pytest.approx(1 / 3)   # only row 2
+    assert acc[2] == pytest.approx(2 / 3)   # row 0 (rank 1) and row 2
+    assert acc[5] == pytest.approx(2 / 3)   # row 1 has rank 5, not < 5
+    assert acc[6] == pytest.approx(1.0)
+    # top-1 agrees with argmax's tie-breaking
+    assert acc[1] == pytest.approx((logits.argmax(1) == targets).float().mean().item())
+
+
+def test_top5_is_nan_below_five_classes():
+    acc = topk_accuracy(torch.randn(7, 4), torch.randint(0, 4, (7,)), ks=(1, 5))
+    assert not math.isnan(acc[1]) and math.isnan(acc[5])
+    assert math.isnan(classification_metrics(torch.randn(3, 2), torch.tensor([0, 1, 1]))["acc5"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_topk_matches_naive_on_random_integer_logits(seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.integers(0, 4, size=(40, 9)).astype(np.float32)  # many ties on purpose
+    targets = rng.integers(0, 9, size=40)
+    acc = topk_accuracy(logits, targets, ks=(1, 3, 5), chunk_size=7)
+    for k in (1, 3, 5):
+        assert acc[k] == pytest.approx(naive_topk(logits.tolist(), targets.tolist(), k))
+
+
+def test_mean_per_class_recall_hand_made_and_missing_class():
+    # class 0: 2/3 right, class 1: 1/1, class 2 never occurs in targets (only predicted), class 3: 0/2
+    targets = [0, 0, 0, 1, 3, 3]
+    preds = [0, 0, 2, 1, 2, 0]
+    expected = (2 / 3 + 1 + 0) / 3
+    assert mean_per_class_recall(preds, targets, num_classes=5) == pytest.approx(expected)
+    assert mean_per_class_recall(preds, targets, num_classes=5) == pytest.approx(naive_balanced_accuracy(preds, targets))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mean_per_class_recall_matches_naive_random(seed):
+    rng = np.random.default_rng(seed)
+    t, p = rng.integers(0, 6, 50), rng.integers(0, 7, 50)
+    assert mean_per_class_recall(p, t) == pytest.approx(naive_balanced_accuracy(p.tolist(), t.tolist()))
+
+
+def test_retrieval_hand_made_several_captions():
+    # 2 images, 4 captions: captions 0,1 -> image 0; 2,3 -> image 1. Identity-ish features in 2-D.
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[0.2, 0.9],    # caption of image 0 that looks like image 1
+                        [0.8, 0.1],    # good caption of image 0
+                        [0.0, 1.0],
+                        [0.9, 0.0]])   # caption of image 1 that looks like image 0
+    owner = torch.tensor([0, 0, 1, 1])
+    r = retrieval_recall(img, txt, owner, ks=(1, 2))
+    # text->image: captions 1 and 2 hit at 1; captions 0 and 3 miss at 1; all hit at 2 (only 2 images)
+    assert r["image_retrieval_recall@1"] == pytest.approx(0.5)
+    assert r["image_retrieval_recall@2"] == pytest.approx(1.0)
+    # image->text: image 0's best text is caption 3 (0.9, owned by image 1) -> miss at 1, hit at 2 (caption 1)
+    # image 1's best text is caption 2 (1.0) -> hit at 1
+    assert r["text_retrieval_recall@1"] == pytest.approx(0.5)
+    assert r["text_retrieval_recall@2"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_retrieval_matches_naive_with_ties_and_chunks(seed):
+    rng = np.random.default_rng(seed)
+    n_img, per = 7, 3
+    img = rng.integers(-2, 3, size=(n_img, 4)).astype(np.float32)  # integer features -> exact ties
+    owner = np.repeat(np.arange(n_img), per)
+    rng.shuffle(owner)
+    txt = rng.integers(-2, 3, size=(len(owner), 4)).astype(np.float32)
+    sim = (img @ txt.T).tolist()
+    r = retrieval_recall(img, txt, owner, ks=(1, 5, 10), chunk_size=3)
+    for k in (1, 5, 10):
+        t2i, i2t = naive_retrieval(sim, owner.tolist(), k)
+        assert r[f"image_retrieval_recall@{k}"] == pytest.approx(t2i)
+        assert r[f"text_retrieval_recall@{k}"] == pytest.approx(i2t)
+
+
+def test_retrieval_rejects_image_without_caption():
+    with pytest.raises(ValueError, match="at least one caption"):
+        retrieval_recall(torch.eye(3), torch.eye(3)[:2], torch.tensor([0, 1]))
+
+
+def test_mean_recall_and_video_score():
+    m = {"image_retrieval_recall@1": 0.5, "text_retrieval_recall@1": 1.0, "other": 7.0}
+    assert mean_recall(m) == pytest.approx(0.75)
+    assert mean_recall([0.1, 0.2, 0.6]) == pytest.approx(0.3)
+    assert video_score(0.6, 0.8, "kinetics400") == pytest.approx(0.7)
+    assert video_score(0.6, 0.8, "ucf101") == pytest.approx(0.6)
