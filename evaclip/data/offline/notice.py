@@ -1,0 +1,48 @@
+"""NOTICE.md: the attributions and licence terms of every part of the prepared data."""
+from __future__ import annotations
+
+from evaclip.data.offline.packages import PACKAGES, SOURCES
+
+_TERMS = {
+    "public-domain": "no conditions.",
+    "CC-BY-4.0": "Creative Commons Attribution 4.0: credit the authors (this file) when you share the images.",
+    "CC-BY-SA-4.0": "Creative Commons Attribution-ShareAlike 4.0: credit the authors, and share images or "
+                    "data sets derived from them under CC-BY-SA-4.0 too.",
+    "GPL-2.0-or-later": "GNU GPL version 2 or later: redistributions must offer the source (the Debian "
+                        "package tuxpaint-stamps-default) under the same licence.",
+    "Apache-2.0": "Apache License 2.0: keep this notice with redistributed copies.",
+}
+
+_WHERE = {
+    "openclipart": "train/openclipart-*.tar, retrieval/openclipart_heldout/",
+    "twemoji": "train/twemoji-*.tar",
+    "openmoji": "train/openmoji-*.tar (captions of all emoji also use OpenMoji's CLDR data)",
+    "emojione": "train/emojione-*.tar",
+    "tuxpaint": "zeroshot/tuxpaint/, retrieval/tuxpaint_sentences/",
+    "noto": "zeroshot/noto/, retrieval/noto_names/",
+}
+
+
+def notice_text(versions: dict[str, str]) -> str:
+    """The NOTICE.md text for packages fetched at ``versions`` (package name -> version)."""
+    by_name = {p.name: p for p in PACKAGES}
+    lines = [
+        "# NOTICE: offline evaclip data",
+        "",
+        "These images and captions were extracted from registry packages by `evaclip data prepare`.",
+        "They keep their original licences; the evaclip code licence does not apply to them.",
+        "Each training sample's `.json` names its `source` and `licence`.",
+        "",
+        "## Parts, licences and where they are",
+        "",
+    ]
+    for source, (package, licence) in SOURCES.items():
+        lines.append(f"- **{source}** ({_WHERE[source]}): {licence}. {_TERMS[licence]}")
+    lines += ["", "The training shards as a whole contain CC-BY-SA-4.0 images (OpenMoji, EmojiOne): a data set "
+              "derived from them must stay under CC-BY-SA-4.0. The Tux Paint sets are GPL-2.0-or-later.",
+              "", "## Packages and attributions", ""]
+    for p in PACKAGES:
+        version = versions.get(p.name, p.version or "?")
+        lines.append(f"- `{p.name}` {version} ({p.registry}): {by_name[p.name].licence}. {p.attribution} "
+                     f"Used for: {p.used_for}.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,250 @@
+"""End-to-end builds of the offline data on the fixture of fake package contents (no registry access)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from evaclip.cli.main import main as cli_main
+from evaclip.data.offline import PrepareOptions, prepare
+from evaclip.data.offline.fetch import FetchError
+from evaclip.data.offline.packages import Package
+from evaclip.errors import ConfigError, EvaclipError
+
+# the fixture has SVG art (OpenMoji, a Tux Paint stamp); cairosvg is a dependency of `evaclip data prepare`
+pytest.importorskip("cairosvg", reason="cairosvg (pip) and libcairo2 (apt) render the SVG art")
+
+FIXTURE = Path(__file__).parent / "fixtures" / "offline"
+OPTIONS = PrepareOptions(image_size=16, heldout=2, shard_size=2)
+
+
+class FixtureFetch:
+    """A fetch function that copies the fixture's fake package contents and counts its calls."""
+
+    def __init__(self, fail: tuple[str, ...] = ()):
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def __call__(self, package: Package, dest: Path) -> str:
+        self.calls.append(package.name)
+        if package.name in self.fail:
+            raise FetchError(f"apt-get download {package.name}", "exit 100: E: Unable to locate package")
+        shutil.copytree(FIXTURE / package.name, dest, symlinks=True, dirs_exist_ok=True)
+        return package.version or "1.0-test"
+
+
+def build(out: Path, fetch: FixtureFetch | None = None, **kwargs):
+    return prepare(out, kwargs.pop("options", OPTIONS), fetch_fn=fetch or FixtureFetch(), workers=1,
+                   progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("offline")
+    result = build(out)
+    return out, result.manifest
+
+
+def read_shard(path: Path) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            assert member.isfile() and member.mtime == 0 and member.uid == 0
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+def train_samples(out: Path) -> list[dict]:
+    rows = []
+    for shard in sorted((out / "train").glob("*.tar")):
+        for key, parts in read_shard(shard).items():
+            assert set(parts) == {"png", "txt", "json"}
+            image = Image.open(io.BytesIO(parts["png"]))
+            assert image.mode == "RGB" and image.size == (16, 16)
+            rows.append({"key": key, "shard": shard.name, "caption": parts["txt"].decode(),
+                         **json.loads(parts["json"])})
+    return rows
+
+
+def test_train_shards_are_valid_webdataset_tars(built):
+    out, manifest = built
+    rows = train_samples(out)
+    listing = json.loads((out / "train" / "shards.json").read_text())["sources"]
+    for source, info in listing.items():
+        mine = [r for r in rows if r["source"] == source]
+        assert info["samples"] == len(mine) == manifest["train"]["by_source"][source]
+        assert [s["file"] for s in info["shards"]] == sorted({r["shard"] for r in mine})
+        assert info["pattern"] == {"openclipart": "openclipart-{00000..00004}.tar", "twemoji": "twemoji-{00000..00001}.tar",
+                                   "openmoji": "openmoji-{00000..00001}.tar", "emojione": "emojione-00000.tar"}[source]
+        assert all(s["samples"] <= OPTIONS.shard_size for s in info["shards"])
+        assert all(r["shard"].startswith(f"{source}-") for r in mine)
+    licences = {r["source"]: r["licence"] for r in rows}
+    assert licences == {"openclipart": "public-domain", "twemoji": "CC-BY-4.0", "openmoji": "CC-BY-SA-4.0",
+                        "emojione": "CC-BY-SA-4.0"}
+    captions = {r["id"]: r["caption"] for r in rows}
+    # keywords already in the name ("pig") are dropped; held-out items are absent
+    assert captions.get("animals/mammals/a_simple_pig_01", "A simple pig. mammal, animal") == \
+        "A simple pig. mammal, animal"
+    assert captions["computer/icons/flat-theme/action/Network_1"] == "Network. action"
+    assert {r["caption"] for r in rows if r["id"] == "1F600"} == {"Grinning face. happy", "Grinning face. happy, smile"}
+    assert len(rows) == manifest["train"]["samples"]
+
+
+def test_expected_items_are_skipped_and_counted(built):
+    out, manifest = built
+    ids = {(r["source"], r["id"]) for r in train_samples(out)}
+    skipped = [("openclipart", "computer/icons/apps/konqueror"), ("openclipart", "animals/mammals/pig_link"),
+               ("openmoji", "1F44B-1F3FB"), ("openmoji", "1F1EB-1F1F7"), ("emojione", "1F1EB-1F1F7"),
+               ("twemoji", "1F3FB"), ("emojione", "1F3FB")]
+    assert not ids & set(skipped)
+    leak = manifest["leakage"]
+    assert leak["listed"] == {"openclipart": 13, "twemoji": 4, "openmoji": 3, "emojione": 2, "tuxpaint": 5, "noto": 4}
+    assert leak["exact_duplicates_dropped"]["openclipart"] == 1  # blue_square_02 == blue_square_01
+    # the 4 "network" icons share one boilerplate-derived name, so their group is never held out
+    assert sum(i.startswith("computer/icons/flat-theme/action/Network") for s, i in ids) == 4
+
+
+def test_leakage_control(built):
+    out, manifest = built
+    rows = train_samples(out)
+    train_ids = {(r["source"], r["id"]) for r in rows}
+    with open(out / "retrieval" / "openclipart_heldout" / "captions.csv") as f:
+        held = list(csv.DictReader(f))
+    assert len(held) == OPTIONS.heldout == manifest["leakage"]["openclipart_heldout_groups"]
+    held_ids = {Path(r["image"]).stem.replace("__", "/") for r in held}
+    assert not {("openclipart", i) for i in held_ids} & train_ids  # held-out items never in train
+    held_captions = {r["caption"].split(".")[0].lower() for r in held}
+    assert not {r["caption"].split(".")[0].lower() for r in rows if r["source"] == "openclipart"} & held_captions
+    # the openclipart apple is a copy of the Tux Paint apple stamp; the Twemoji star a recoloured Noto star
+    assert ("openclipart", "food/apple_ganson") not in train_ids
+    assert ("twemoji", "2B50") not in train_ids and ("openmoji", "2B50") in train_ids
+    dropped = manifest["leakage"]["near_duplicates_dropped_from_train"]
+    assert dropped["twemoji"]["noto"] == 1 and dropped["twemoji"]["total"] == 1
+    assert dropped["openclipart"]["tuxpaint"] == 1 and ("openclipart", "food/apple_other") in train_ids
+    # 13 listed - 1 exact duplicate - 2 held out - the apple copy
+    assert manifest["train"]["by_source"] == {"openclipart": 9, "twemoji": 3, "openmoji": 3, "emojione": 2}
+
+
+def test_leakage_control_can_leave_noto_copies(tmp_path):
+    manifest = build(tmp_path, options=PrepareOptions(image_size=16, heldout=2, shard_size=2,
+                                                      drop_noto_copies=False)).manifest
+    assert manifest["train"]["by_source"]["twemoji"] == 4
+    assert "noto" not in manifest["leakage"]["near_duplicates_dropped_from_train"]["twemoji"]
+
+
+def test_zeroshot_image_folders(built):
+    out, manifest = built
+    tux = out / "zeroshot" / "tuxpaint"
+    names = (tux / "classnames.txt").read_text().splitlines()
+    assert len(names) == 23 and names[0] == "mammal"
+    assert sorted(p.name for p in tux.iterdir() if p.is_dir()) == sorted(names)
+    assert (tux / "templates.txt").read_text() == "a picture of a {c}.\n"
+    files = {p.parent.name: sorted(q.name for q in p.parent.glob("*.png")) for p in tux.glob("*/*.png")}
+    assert files == {"bird": ["animals__birds__robin.png"], "fruit": ["food__fruit__apple.png"],
+                     "vehicle": ["vehicles__car.png", "vehicles__car2.png"]}
+    assert manifest["zeroshot"]["tuxpaint"]["images"] == 4 and manifest["zeroshot"]["tuxpaint"]["per_class"]["bird"] == 1
+    noto = out / "zeroshot" / "noto"
+    assert len((noto / "classnames.txt").read_text().splitlines()) == 34
+    assert {p.parent.name for p in noto.glob("*/*.png")} == {"smiley face", "mammal", "weather", "national flag"}
+    assert Image.open(noto / "national flag" / "1F1EB-1F1F7.png").size == (16, 16)
+
+
+def test_retrieval_caption_csvs(built):
+    out, manifest = built
+    for name, expected in (("tuxpaint_sentences", 4), ("openclipart_heldout", 2), ("noto_names", 4)):
+        root = out / "retrieval" / name
+        with open(root / "captions.csv", newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["image", "caption"] and len(rows) - 1 == expected == manifest["retrieval"][name]["pairs"]
+        assert all((root / image).is_file() for image, _ in rows[1:])
+    with open(out / "retrieval" / "tuxpaint_sentences" / "captions.csv", newline="") as f:
+        captions = [r["caption"] for r in csv.DictReader(f)]
+    # one image per unique sentence: car2 repeats "A red car."; only the English first line is kept
+    assert captions == ["A robin.", "A “Granny Smith” apple.", "A kite flying high.", "A red car."]
+
+
+def test_manifest_and_notice(built):
+    out, manifest = built
+    assert manifest["image_size"] == 16 and manifest["seed"] == 0 and manifest["options"]["heldout"] == 2
+    packages = {p["name"]: p for p in manifest["packages"]}
+    assert len(packages) == 7 and packages["openmoji"]["version"] == "17.0.0"
+    assert packages["openclipart-png"]["version"] == "1.0-test"
+    assert manifest["train"]["samples"] == 17 and manifest["train"]["shards"] == 5 + 2 + 2 + 1
+    notice = (out / "NOTICE.md").read_text()
+    for needle in ("CC-BY-4.0", "CC-BY-SA-4.0", "GPL-2.0-or-later", "Apache-2.0", "Twemoji", "OpenMoji",
+                   "EmojiOne", "Tux Paint", "`ruby-gemojione` 1.0-test"):
+        assert needle in notice
+    assert not list(out.glob(".tmp-build-*"))
+
+
+def _digest(out: Path) -> dict[str, str]:
+    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and not p.relative_to(out).parts[0] == "packages"}
+
+
+def test_two_builds_are_byte_identical(built, tmp_path):
+    out, _ = built
+    build(tmp_path)
+    assert _digest(tmp_path) == _digest(out)
+    assert len(_digest(out)) > 30
+
+
+def test_second_build_is_cached_and_force_rebuilds(tmp_path):
+    fetch = FixtureFetch()
+    first = build(tmp_path, fetch)
+    assert not first.cached and len(fetch.calls) == 7
+    second = build(tmp_path, fetch)
+    assert second.cached and second.manifest == first.manifest and len(fetch.calls) == 7
+    # other options -> rebuilt from the package cache without fetching again
+    third = build(tmp_path, fetch, options=PrepareOptions(image_size=24, heldout=2, shard_size=2))
+    assert not third.cached and len(fetch.calls) == 7
+    assert Image.open(next((tmp_path / "zeroshot" / "noto").glob("*/*.png"))).size == (24, 24)
+    # damaged outputs are not mistaken for a complete build
+    bigger = PrepareOptions(image_size=24, heldout=2, shard_size=2)
+    next((tmp_path / "train").glob("*.tar")).unlink()
+    assert not build(tmp_path, fetch, options=bigger).cached
+    assert build(tmp_path, fetch, options=bigger).cached
+    assert not build(tmp_path, fetch, options=bigger, force=True).cached
+    assert len(fetch.calls) == 7
+
+
+def test_fetch_failure_names_packages_and_leaves_no_outputs(tmp_path):
+    fetch = FixtureFetch(fail=("tuxpaint-stamps-default", "openmoji"))
+    with pytest.raises(EvaclipError) as err:
+        build(tmp_path, fetch)
+    message = str(err.value)
+    assert "tuxpaint-stamps-default" in message and "openmoji" in message and "openclipart-png" not in message
+    assert "apt-get download tuxpaint-stamps-default" in message and "\n" not in message
+    assert len(fetch.calls) == 7  # every package was tried
+    assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "train").exists()
+    assert sorted(p.name for p in (tmp_path / "packages").iterdir()) == sorted(
+        n for n in fetch.calls if n not in fetch.fail)  # no half-fetched package folders
+    # after the registry recovers, only the missing packages are fetched
+    retry = FixtureFetch()
+    assert not build(tmp_path, retry).cached
+    assert sorted(retry.calls) == ["openmoji", "tuxpaint-stamps-default"]
+
+
+def test_bad_options_raise_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="image size"):
+        build(tmp_path, options=PrepareOptions(image_size=2))
+    assert not tmp_path.joinpath("packages").exists()
+
+
+def test_cli_prepare_uses_env_var_and_reports(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "data"
+    build(out, options=PrepareOptions(image_size=16))  # the CLI then finds it up to date: no registry access
+    monkeypatch.setenv("EVACLIP_DATA", str(out))
+    assert cli_main(["data", "prepare", "--image-size", "16"]) == 0
+    text = capsys.readouterr().out
+    assert "up to date" in text and "zeroshot/noto: 4 images, 34 classes" in text
+    assert cli_main(["data", "prepare", "--image-size", "4", "--out", str(out)]) == 2
+    assert "image size 4 is out of range" in capsys.readouterr().err
