@@ -50,8 +50,8 @@ def read_file(path: str | os.PathLike) -> Mapping:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
-        raise CheckpointError(f"{path} is a directory; pass a checkpoint file (.safetensors, .pt or .bin) "
-                              "(sharded training checkpoints are consolidated by `evaclip convert`)")
+        raise CheckpointError(f"{path} is a directory; pass a checkpoint file (.safetensors, .pt or .bin). "
+                              "For a training run, use its final.safetensors, or continue it with resume=PATH")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the file was not written completely")
     if _is_safetensors(path):

@@ -36,6 +36,10 @@ class CLIP(nn.Module):
         self.text = build_text_tower(cfg)
         self.logit_scale = nn.Parameter(torch.full((1,), float(cfg.init_logit_scale)),
                                         requires_grad=cfg.learn_logit_scale)
+        # Only the sigmoid (SigLIP) loss uses a bias; CLIP checkpoints do not have one.
+        self.logit_bias = None
+        if cfg.init_logit_bias is not None:
+            self.logit_bias = nn.Parameter(torch.full((1,), float(cfg.init_logit_bias)))
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -43,6 +47,8 @@ class CLIP(nn.Module):
         self.visual.init_weights()
         self.text.init_weights()
         self.logit_scale.fill_(self.cfg.init_logit_scale)
+        if self.logit_bias is not None:
+            self.logit_bias.fill_(self.cfg.init_logit_bias)
 
     def init_buffers(self) -> None:
         self.visual.init_buffers()

@@ -92,6 +92,10 @@ class VisionConfig:
                 f"vision_cfg.image_size ({self.image_size}) is not a multiple of patch_size ({self.patch_size})")
         if self.rope and (self.width // self.heads) % 4:
             raise ConfigError(f"vision_cfg.rope needs a head width divisible by 4, got {self.width // self.heads}")
+        if self.rope and not self.intp_freq and self.grid_size != self.pt_hw_seq_len:
+            raise ConfigError(f"vision_cfg.rope without intp_freq needs a {self.pt_hw_seq_len}x{self.pt_hw_seq_len} "
+                              f"patch grid (pt_hw_seq_len), got {self.grid_size}x{self.grid_size}; set intp_freq: true "
+                              "or pt_hw_seq_len to the grid size")
         if not 0.0 <= self.patch_dropout < 1.0:
             raise ConfigError(f"vision_cfg.patch_dropout must be in [0, 1), got {self.patch_dropout}")
         if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
@@ -153,6 +157,7 @@ class CLIPConfig:
     # each step; the paper reports a temperature fixed at 0.01 (learn_logit_scale=False, init ln(100)).
     init_logit_scale: float = math.log(1 / 0.07)
     learn_logit_scale: bool = True
+    init_logit_bias: float | None = None  # set (SigLIP: -10) to add a learnable logit_bias for the sigmoid loss
 
     def validate(self) -> None:
         if not isinstance(self.embed_dim, int) or self.embed_dim <= 0:

@@ -31,6 +31,12 @@ class ClipTask:
             # The paper: temperature fixed at 0.01, i.e. a constant logit scale of 100.
             self.model_cfg.init_logit_scale = math.log(1.0 / cfg.model.fixed_temperature)
             self.model_cfg.learn_logit_scale = False
+        if cfg.loss.kind == "siglip":
+            from evaclip.train.loss import SigLipLoss
+            # SigLIP's initialisation: scale 10, bias -10 (Zhai et al. 2023).
+            self.model_cfg.init_logit_bias = SigLipLoss.init_logit_bias
+            if cfg.model.fixed_temperature is None:
+                self.model_cfg.init_logit_scale = SigLipLoss.init_logit_scale
         self.model_cfg.validate()
 
     @property
@@ -63,8 +69,9 @@ class ClipTask:
              ) -> tuple[torch.Tensor, dict[str, float]]:
         image_features, text_features, scale = model(images, tokens)
         if self.cfg.loss.kind == "siglip":
-            raise NotImplementedError("SigLIP training needs a logit_bias parameter in the model")
-        loss = loss_fn(image_features, text_features, scale)
+            loss = loss_fn(image_features, text_features, scale, _unwrap(model).logit_bias)
+        else:
+            loss = loss_fn(image_features, text_features, scale)
         return loss, {"logit_scale": scale}
 
     def after_step(self, model: nn.Module) -> None:

@@ -191,8 +191,8 @@ class Trainer:
             self.nonfinite_in_a_row += 1
             log.warning("step %d: non-finite loss or gradient, update skipped", step)
         self.optimizer.zero_grad(set_to_none=True)
-        peak = self.optimizer.param_groups[0].get("base_lr", 0.0)
-        record = {"step": step, "loss": float(loss.detach()), "lr": peak * lr_factor, "lr_factor": lr_factor,
+        lr = max(g["lr"] for g in self.optimizer.param_groups)  # the highest group lr (e.g. the vision top)
+        record = {"step": step, "loss": float(loss.detach()), "lr": lr, "lr_factor": lr_factor,
                   "grad_norm": float(grad_norm), "skipped": not ok}
         for k, v in extras.items():
             record[k] = float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
@@ -203,6 +203,34 @@ class Trainer:
             raise TrainingError(
                 f"loss or gradients were not finite for {self.nonfinite_in_a_row} steps in a row (last at step "
                 f"{step}); lower optim.lr, raise schedule.warmup_steps, check the data, or train in fp32")
+
+    # ---- evaluation hook ----------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Zero-shot top-1 on the configured image-folder datasets, on rank 0 (the others wait).
+
+        Under FSDP every rank runs the same evaluation, since a sharded forward needs all of them.
+        """
+        out: dict[str, float] = {}
+        sharded = self.dist.is_distributed and self.cfg.strategy == "fsdp"
+        if (self.dist.is_main or sharded) and self.cfg.task == "clip":
+            from evaclip.eval.datasets import load_classification, make_loader
+            from evaclip.eval.zeroshot import evaluate_zeroshot_classification
+            from evaclip.transforms import image_transform
+            model = self.raw_model
+            was_training = model.training
+            model.eval()
+            transform = image_transform(self.task.image_size, is_train=False)
+            for path in self.cfg.eval.zeroshot:
+                data = load_classification(path, transform)
+                loader = make_loader(data.dataset, batch_size=self.cfg.eval.batch_size)
+                with torch.no_grad(), _autocast(self.cfg.precision, self.device):
+                    m = evaluate_zeroshot_classification(model, self.task.tokenizer(), loader, data.classnames,
+                                                         data.templates or ["a photo of a {c}."], self.device)
+                out[f"zeroshot/{Path(path).name}/acc1"] = m["acc1"]
+            model.train(was_training)
+        if self.dist.is_distributed:
+            dist.barrier()
+        return out
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -242,13 +270,20 @@ class Trainer:
                 record["data_wait"] = (t1 - t0) / max(t2 - t0, 1e-9)
                 if flops and ceiling:
                     record["mfu"] = flops * record["samples_per_s"] / (ceiling * self.dist.world_size)
-                if self.loader is not None:
-                    record["skipped_samples"] = int(sum(self.loader.skip_counts.values()))
+                should_log = self.step % cfg.log_every == 0 or self.step == cfg.steps or record["skipped"]
+                if self.loader is not None and should_log:
+                    from evaclip.data.pipeline import global_skip_counts
+                    # A collective: every rank reaches this on the same steps (both conditions are global).
+                    skips = global_skip_counts(self.loader.skip_counts)
+                    record["skipped_samples"] = int(sum(skips.values()))
+                    record.update({f"skip/{k}": v for k, v in skips.items()})
                 if cfg.trace_samples:
                     with open(self.out_dir / f"samples_rank{self.dist.rank}.jsonl", "a") as f:
                         f.write(json.dumps({"step": self.step - 1, "keys": list(info.get("keys", []))}) + "\n")
                 last = record
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps or record["skipped"]:
+                if cfg.eval.every and (self.step % cfg.eval.every == 0 or self.step == cfg.steps):
+                    record.update(self.evaluate())
+                if should_log:
                     metrics.log(record)
                 self.check_nonfinite(record["step"])
                 if progress is not None:
