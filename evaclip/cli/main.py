@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     except EvaclipError as e:
         print(f"evaclip {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `evaclip ... | head`: the reader left; nothing more to say
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"evaclip {args.command}: interrupted", file=sys.stderr)
         return 130

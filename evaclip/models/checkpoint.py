@@ -162,6 +162,9 @@ class LoadReport:
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # dropped on purpose (RoPE tables, MIM head, skip list)
     resized: list[str] = field(default_factory=list)
+    # The fitted tensors, keyed like the module's state dict (kept when the module is on the meta device,
+    # so a sharded model can receive them with set_model_state_dict).
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -268,9 +271,13 @@ def load_checkpoint(module: nn.Module, checkpoint: str | os.PathLike | Mapping[s
             sd.pop(key, None)
     for key in report.unexpected:
         sd.pop(key, None)
+    params = dict(module.named_parameters())
+    params.update(dict(module.named_buffers()))
+    if any(p.is_meta for p in params.values()):
+        # Nothing to copy into: hand the fitted tensors back (see evaclip.train.trainer's meta init).
+        report.tensors = {k: sd[k].to(params[k].dtype) for k in report.loaded}
+        return report
     with torch.no_grad():
-        params = dict(module.named_parameters())
-        params.update(dict(module.named_buffers()))
         for key in report.loaded:
             params[key].copy_(sd[key].to(params[key].dtype))
     return report

@@ -82,7 +82,8 @@ def create_model(
     device = torch.device(device)
     if device.type == "meta":
         if pretrained or pretrained_image or pretrained_text:
-            raise ConfigError("cannot load weights into a model built on the meta device")
+            raise ConfigError("cannot load weights into a model built on the meta device; use "
+                              "evaclip.models.factory.pretrained_state_dict to fit them, then load after sharding")
         with torch.device("meta"):
             return CLIP(cfg).to(_PRECISIONS[precision])
 
@@ -101,6 +102,23 @@ def create_model(
         report = load_checkpoint(model.text, pretrained_text, strict=True, skip=tower_skip)
         log.info("text tower: %s", report)
     return model.to(device=device, dtype=_PRECISIONS[precision])
+
+
+def pretrained_state_dict(model: CLIP, pretrained=None, pretrained_image=None, pretrained_text=None,
+                          skip_keys: Iterable[str] = (), strict: bool = True) -> dict[str, torch.Tensor]:
+    """The weights :func:`create_model` would load, fitted to ``model`` (which may be on the meta device), as one
+    full state dict keyed like ``model.state_dict()``: for sharded models, which receive it after wrapping."""
+    out: dict[str, torch.Tensor] = {}
+    if pretrained:
+        out.update(load_checkpoint(model, pretrained, strict=strict).tensors)
+    if pretrained_image:
+        report = load_checkpoint(model.visual, pretrained_image, strict=True, skip=tuple(skip_keys),
+                                 allow_missing=("head.",))
+        out.update({f"visual.{k}": v for k, v in report.tensors.items()})
+    if pretrained_text:
+        report = load_checkpoint(model.text, pretrained_text, strict=True, skip=tuple(skip_keys))
+        out.update({f"text.{k}": v for k, v in report.tensors.items()})
+    return out
 
 
 def create_model_and_transforms(name_or_json, pretrained=None, **kwargs):

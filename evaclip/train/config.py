@@ -36,6 +36,9 @@ class ModelSection:
     # (init 1/0.07, clamped to <= 100 after each step).
     fixed_temperature: float | None = None
     lock_text: bool = False  # freeze the whole text tower (LiT-style)
+    # FSDP with several processes: build on the meta device, shard, then materialise only the local shards
+    # and receive the pretrained weights from rank 0. Needed for 8B/18B: no process ever holds the full model.
+    meta_init: bool = True
 
 
 @dataclass

@@ -1,43 +1,114 @@
 """Fault injection for the reliability tests: ``EVACLIP_FAULTS="nan_loss@3,nan_grad@5,checkpoint_write@4"``.
 
-Each entry ``kind@step`` fires once at that training step. Kinds: ``nan_loss`` / ``inf_loss`` (the loss
-becomes non-finite), ``nan_grad`` (a gradient becomes NaN), ``checkpoint_write`` (writing the checkpoint of
-that step fails with ENOSPC, as a full disk would), ``crash`` (the process dies with SIGKILL, mid-step).
-Unset in normal runs; reading it costs one dict lookup per step.
+Each entry ``kind@step`` fires at that training step (``kind@step:rank`` only on that rank, as ``RANK`` says
+under torchrun). Kinds:
+
+- ``nan_loss`` / ``inf_loss``: the loss of the step becomes non-finite;
+- ``nan_grad``: a gradient of the step becomes NaN;
+- ``crash``: the process dies with SIGKILL in the middle of the step (after backward, before the update);
+- ``checkpoint_write``: writing the checkpoint of that step fails with ENOSPC, as a full disk would;
+- ``checkpoint_kill``: SIGKILL inside the save of that checkpoint, right after the sharded (DCP) write and
+  before the per-rank files, ``meta.json`` and the rename: a ``step_XXXXXXXX.partial`` directory is left;
+- ``rename_kill``: SIGKILL with the checkpoint complete in ``step_XXXXXXXX.partial``, just before its rename;
+- ``prune_kill``: SIGKILL after the rename, while old checkpoints are being pruned, with one file of the
+  oldest one already deleted (fires only if that save prunes anything).
+
+The last two watch the checkpoint code from outside with a Python audit hook (``os.rename`` / ``os.remove``
+events), installed only when such a fault is asked for. Unset in normal runs, this module costs one dict
+lookup per step. A misspelt kind is an error, so a fault test can never pass by injecting nothing.
 """
 from __future__ import annotations
 
 import errno
 import os
 import signal
+import sys
+
+from evaclip.errors import ConfigError
+
+KINDS = ("nan_loss", "inf_loss", "nan_grad", "crash", "checkpoint_write", "checkpoint_kill", "rename_kill",
+         "prune_kill")
+_AUDITED = ("rename_kill", "prune_kill")
 
 
 def _parse() -> dict[str, set[int]]:
     spec = os.environ.get("EVACLIP_FAULTS", "")
+    rank = os.environ.get("RANK", "0")
     out: dict[str, set[int]] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        kind, _, step = item.partition("@")
+        kind, _, where = item.partition("@")
+        step, _, only_rank = where.partition(":")
+        if kind not in KINDS or not step.isdigit() or (only_rank and not only_rank.isdigit()):
+            raise ConfigError(f"EVACLIP_FAULTS entry {item!r} is not kind@step or kind@step:rank with kind one "
+                              f"of {', '.join(KINDS)}; unset EVACLIP_FAULTS for a normal run")
+        if only_rank and int(only_rank) != int(rank):
+            continue
         out.setdefault(kind, set()).add(int(step))
     return out
 
 
 _FAULTS = _parse()
+_HOOKED = False
+_pruning_after: list[int] = []  # removals seen since the rename that armed prune_kill
 
 
 def active(kind: str, step: int) -> bool:
     return step in _FAULTS.get(kind, ())
 
 
+def _kill() -> None:
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def maybe_fail(kind: str, step: int) -> None:
+    """Fire ``kind`` if it is injected at ``step``. ``checkpoint_write`` is also where ``checkpoint_kill`` fires."""
+    if kind == "checkpoint_write" and active("checkpoint_kill", step):
+        _kill()
     if not active(kind, step):
         return
     if kind == "checkpoint_write":
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
     if kind == "crash":
-        os.kill(os.getpid(), signal.SIGKILL)
+        _kill()
+
+
+def _step_of(path) -> int | None:
+    name = os.path.basename(os.fsdecode(path))
+    if name.startswith("step_") and name[5:].isdigit():
+        return int(name[5:])
+    return None
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "os.rename":  # os.rename and os.replace
+        src, dst = os.fsdecode(args[0]), args[1]
+        step = _step_of(dst)
+        if step is None or not src.endswith(".partial"):
+            return
+        if active("rename_kill", step):
+            _kill()
+        if active("prune_kill", step):
+            _pruning_after[:] = [step]
+    elif event == "os.remove" and _pruning_after:
+        _pruning_after.append(1)
+        if len(_pruning_after) > 2:  # the first file is gone, this is the second one
+            _kill()
+
+
+def _install_hook() -> None:
+    global _HOOKED
+    if not _HOOKED and any(_FAULTS.get(k) for k in _AUDITED):
+        sys.addaudithook(_audit)  # cannot be removed; it does nothing once the faults are cleared
+        _HOOKED = True
 
 
 def reload() -> None:
     """Re-read EVACLIP_FAULTS (for tests that set it in-process)."""
     global _FAULTS
     _FAULTS = _parse()
+    _pruning_after.clear()
+    _install_hook()
+
+
+_install_hook()

@@ -48,12 +48,28 @@ class ClipTask:
         m = self.cfg.model
         model = create_model(self.model_cfg, m.pretrained, pretrained_image=m.pretrained_image,
                              pretrained_text=m.pretrained_text, skip_keys=m.skip_keys)
-        if m.lock_text:
+        self._finish(model)
+        return model.to(device)
+
+    def build_meta(self) -> nn.Module:
+        """The same model on the meta device (no memory), to be sharded before it is materialised."""
+        from evaclip.models import create_model
+        model = create_model(self.model_cfg, device="meta")
+        self._finish(model)
+        return model
+
+    def pretrained_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The configured pretrained weights fitted to ``model`` (a meta model), keyed like its state dict."""
+        from evaclip.models.factory import pretrained_state_dict
+        m = self.cfg.model
+        return pretrained_state_dict(model, m.pretrained, m.pretrained_image, m.pretrained_text, m.skip_keys)
+
+    def _finish(self, model: nn.Module) -> None:
+        if self.cfg.model.lock_text:
             for p in model.text.parameters():
                 p.requires_grad_(False)
-        if m.grad_checkpointing:
+        if self.cfg.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
-        return model.to(device)
 
     def tokenizer(self):
         from evaclip.models import get_tokenizer

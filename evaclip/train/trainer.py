@@ -70,11 +70,15 @@ class Trainer:
 
         # Identical initial weights on every rank (DDP broadcasts anyway; FSDP2 shards what each rank built).
         torch.manual_seed(cfg.seed)
-        model = self.task.build(self.device)
-        if cfg.precision == "bf16":
-            model = model.to(torch.bfloat16)
-        self.raw_model = model
-        self.model = self._wrap(model)
+        if self._sharded_init():
+            model = self._build_sharded()
+            self.raw_model = self.model = model
+        else:
+            model = self.task.build(self.device)
+            if cfg.precision == "bf16":
+                model = model.to(torch.bfloat16)
+            self.raw_model = model
+            self.model = self._wrap(model)
         if cfg.compile:
             self.model = torch.compile(self.model)
         # Parameter groups are built on the unwrapped module (FSDP2 keeps its structure and names).
@@ -102,6 +106,30 @@ class Trainer:
         # On CPU, bf16 compute has no fast path: keep the gathered weights in fp32 there.
         amp = self.cfg.precision in ("amp_bf16", "bf16") and self.device.type == "cuda"
         return apply_fsdp(model, cfg=FSDPConfig(param_dtype="bf16" if amp else "fp32"))
+
+    def _sharded_init(self) -> bool:
+        return (self.dist.is_distributed and self.cfg.strategy == "fsdp" and self.cfg.model.meta_init
+                and hasattr(self.task, "build_meta"))
+
+    def _build_sharded(self) -> nn.Module:
+        """Meta build -> fully_shard -> materialise local shards -> init -> pretrained weights from rank 0."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        model = self.task.build_meta()
+        weights = self.task.pretrained_state_dict(model) if self.dist.is_main else {}
+        if self.cfg.precision == "bf16":
+            model = model.to(torch.bfloat16)
+        model = self._wrap(model)
+        model.to_empty(device=self.device)
+        with torch.no_grad():
+            model.init_weights()
+            model.init_buffers()
+        loads = torch.tensor([len(weights)], device=self.device)
+        dist.broadcast(loads, src=0)
+        if int(loads.item()):
+            set_model_state_dict(model, weights, options=StateDictOptions(
+                full_state_dict=True, broadcast_from_rank0=True, strict=False))
+        return model
 
     def _make_loader(self):
         from evaclip.data.pipeline import make_loader

@@ -51,3 +51,30 @@ def test_two_ranks_match_one_process(single, tmp_path, strategy):
     assert moved > 20
     # The comparison means something only if training changed the weights: the losses must differ by step.
     assert single["__losses__"].unique().numel() == STEPS
+
+
+def test_sharded_meta_init_loads_pretrained_weights_exactly(tmp_path):
+    """FSDP under torchrun builds on the meta device and materialises only local shards; pretrained weights
+    reach every shard from rank 0. With a zero learning rate the exported model equals the input file."""
+    import evaclip
+    from evaclip.models.checkpoint import save_file
+    torch.manual_seed(3)
+    src = evaclip.create_model("evaclip-tiny")
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # distinguishable from any fresh initialisation
+    save_file(src.state_dict(), tmp_path / "src.safetensors")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "evaclip.cli.main", "train", "tiny", f"out_dir={out}", "steps=2", "checkpoint_every=0",
+           "data.batch_size=8", "schedule.warmup_steps=1", "progress=false", "tensorboard=false",
+           "strategy=fsdp", f"model.pretrained={tmp_path / 'src.safetensors'}",
+           "optim.lr=0", "optim.visual_lr=0", "optim.text_lr=0"]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = load_file(str(out / "final.safetensors"))
+    ref = src.state_dict()
+    assert set(got) == set(ref)
+    for k, v in ref.items():
+        assert torch.equal(got[k], v), k
