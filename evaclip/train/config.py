@@ -87,6 +87,9 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | amp_bf16 (autocast, fp32 master weights) | amp_fp16 | bf16 (pure)
     compile: bool = False
     max_nonfinite_steps: int = 5  # stop after this many non-finite losses/gradients in a row
+    # Micro-batches per step with exact feature-cached accumulation (contrastive loss only): the loss is
+    # that of the whole data.batch_size batch, activations those of one micro-batch, one extra forward.
+    accum_steps: int = 1
     tensorboard: bool = True
     progress: bool = True
     trace_samples: bool = False  # write the sample keys of every step to out_dir/samples_rank*.jsonl
@@ -108,6 +111,15 @@ class TrainConfig:
         for name in ("steps", "log_every", "keep_checkpoints", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.accum_steps < 1:
+            raise ConfigError(f"accum_steps must be >= 1, got {self.accum_steps}")
+        if self.accum_steps > 1:
+            if self.task != "clip" or self.loss.kind != "clip":
+                raise ConfigError("accum_steps > 1 is exact only for the CLIP contrastive loss (task=clip, "
+                                  "loss.kind=clip); use a smaller batch or gradient checkpointing instead")
+            if self.data.batch_size % self.accum_steps:
+                raise ConfigError(f"data.batch_size ({self.data.batch_size}) must be a multiple of accum_steps "
+                                  f"({self.accum_steps})")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.schedule.kind == "cosine" and self.schedule.warmup_steps >= self.steps:

@@ -179,6 +179,14 @@ class Trainer:
             dist.barrier()
         return paths
 
+    @staticmethod
+    def _inject_loss_faults(loss: torch.Tensor, step: int) -> torch.Tensor:
+        if faults.active("nan_loss", step):
+            loss = loss * float("nan")
+        if faults.active("inf_loss", step):
+            loss = loss * float("inf")
+        return loss
+
     # ---- one step -----------------------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
         cfg, step = self.cfg, self.step
@@ -187,13 +195,18 @@ class Trainer:
         tokens = tokens.to(self.device, non_blocking=True)
         if cfg.precision == "bf16":
             images = images.to(torch.bfloat16)
-        with _autocast(cfg.precision, self.device):
-            loss, extras = self.task.loss(self.model, self.loss_fn, images, tokens)
-        if faults.active("nan_loss", step):
-            loss = loss * float("nan")
-        if faults.active("inf_loss", step):
-            loss = loss * float("inf")
-        loss.backward()
+        if cfg.accum_steps > 1:  # exact accumulation for the contrastive loss (see accumulate.py)
+            from evaclip.train.accumulate import cached_feature_step
+            loss = cached_feature_step(self.model, self.loss_fn, images, tokens, cfg.accum_steps,
+                                       lambda: _autocast(cfg.precision, self.device),
+                                       loss_hook=lambda value: self._inject_loss_faults(value, step))
+            extras = {"logit_scale": self.raw_model.logit_scale.detach().exp()} if hasattr(
+                self.raw_model, "logit_scale") else {}
+        else:
+            with _autocast(cfg.precision, self.device):
+                loss, extras = self.task.loss(self.model, self.loss_fn, images, tokens)
+            loss = self._inject_loss_faults(loss, step)
+            loss.backward()
         if faults.active("nan_grad", step):
             next(p for p in self.raw_model.parameters() if p.grad is not None).grad.fill_(float("nan"))
         faults.maybe_fail("crash", step)

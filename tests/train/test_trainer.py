@@ -112,3 +112,34 @@ def test_nonfinite_losses_skip_steps_then_stop(tmp_path, monkeypatch):
         faults.reload()
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records if r["skipped"]] == [2, 4, 5, 6]
+
+
+@pytest.mark.parametrize("chunks", [2, 4])
+def test_feature_cached_accumulation_equals_the_full_batch_step(tmp_path, chunks):
+    """accum_steps=k gives the loss and the parameters of the full-batch step (GradCache is exact)."""
+    from evaclip.train.trainer import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(3):
+        tokens = torch.randint(1, 49000, (8, 77), generator=g)
+        tokens[:, 12] = 49407
+        batches.append((torch.randn(8, 3, 32, 32, generator=g), tokens, {}))
+    results = {}
+    for k in (1, chunks):
+        cfg = _tiny(tmp_path / f"k{k}", "steps=3", "schedule.warmup_steps=1", "data.batch_size=8",
+                    f"accum_steps={k}", "model.name=evaclip-tiny-18b", "checkpoint_every=0")
+        trainer = Trainer(cfg, batches=batches)
+        losses = []
+        for images, tokens, _ in batches:
+            losses.append(trainer.train_step(images, tokens)["loss"])
+            trainer.step += 1
+        results[k] = (losses, {n: p.detach().clone() for n, p in trainer.raw_model.named_parameters()})
+    assert results[1][0] == pytest.approx(results[chunks][0], rel=1e-5)
+    for name, p in results[1][1].items():
+        torch.testing.assert_close(results[chunks][1][name], p, rtol=1e-4, atol=1e-6, msg=name)
+    # The weights moved from their initial values (same seed as the trainer), so the comparison is not vacuous.
+    torch.manual_seed(0)
+    fresh = evaclip.create_model("evaclip-tiny-18b")
+    assert not torch.equal(fresh.state_dict()["visual.blocks.0.attn.qkv.weight"],
+                           results[1][1]["visual.blocks.0.attn.qkv.weight"])
