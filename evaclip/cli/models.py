@@ -56,12 +56,15 @@ def tower_gflops(cfg, depth: int | None = None) -> tuple[float, float]:
         depth_v, depth_t = cfg.vision_cfg.layers, cfg.text_cfg.layers
         one, two = tower_gflops(cfg, 1), tower_gflops(cfg, 2)
         # f(L) = f(1) + (L - 1) * (f(2) - f(1)): every block costs the same
-        return (one[0] + (depth_v - 1) * (two[0] - one[0]), one[1] + (depth_t - 1) * (two[1] - one[1]))
+        text = None if one[1] is None else one[1] + (depth_t - 1) * (two[1] - one[1])
+        return one[0] + (depth_v - 1) * (two[0] - one[0]), text
     cfg = copy.deepcopy(cfg)
     cfg.vision_cfg.layers = cfg.text_cfg.layers = depth
     model = evaclip.create_model(cfg, device="meta").eval()
     size = model.visual.image_size
     image = forward_gflops(model.visual, torch.empty(1, 3, size, size, device="meta"))
+    if cfg.text_cfg.is_hf:  # a Hugging Face encoder is not counted here (its depth is not ours to vary)
+        return image, None
     tokens = torch.empty(1, model.text.context_length, dtype=torch.long, device="meta")
     return image, forward_gflops(model.text, tokens)
 

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Names the official code uses for configs that evaclip files under another name.
+_ALIASES = {"EVA-CLIP-8B-plus": "EVA-CLIP-8B-448"}
 
 
 def _natural_key(s: str):
@@ -37,6 +39,7 @@ def get_model_config(name_or_path: str | Path | dict | CLIPConfig) -> CLIPConfig
     if isinstance(name_or_path, dict):
         return config_from_dict(name_or_path)
     name = str(name_or_path)
+    name = _ALIASES.get(name, name)
     builtin = CONFIG_DIR / f"{name.replace('/', '-')}.json"
     if builtin.is_file():
         return load_config_file(builtin)

