@@ -88,8 +88,8 @@ class MIMTask:
         return [weights, config]
 
     def flops_per_sample(self) -> float | None:
-        try:
-            from evaclip.plan.flops import mim_flops_per_sample
-        except ImportError:
-            return None
-        return mim_flops_per_sample(self.vision_cfg, self.teacher.visual.cfg)
+        """Student training (3x forward) plus the frozen teacher's forward, per image."""
+        from evaclip.plan.flops import vision_forward_flops
+        student = vision_forward_flops(self.vision_cfg, self.teacher.output_dim)
+        teacher = vision_forward_flops(self.teacher.visual.cfg, self.teacher.output_dim)
+        return float(3 * student + teacher)

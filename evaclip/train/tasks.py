@@ -104,11 +104,11 @@ class ClipTask:
         return [weights, config]
 
     def flops_per_sample(self) -> float | None:
-        try:
-            from evaclip.plan.flops import train_flops_per_sample
-        except ImportError:
-            return None
-        return train_flops_per_sample(self.model_cfg)
+        """Model FLOPs of one training pair (3x forward; recomputation is not counted, as MFU convention has it)."""
+        if self.model_cfg.text_cfg.is_hf:
+            return None  # the planner does not count Hugging Face encoders
+        from evaclip.plan.flops import model_flops
+        return float(model_flops(self.model_cfg, self.model_cfg.vision_cfg.patch_dropout).training())
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
