@@ -10,7 +10,11 @@ from evaclip.plan.memory import state_bytes
 from evaclip.plan.params import model_params, shard_numel
 
 
-@pytest.mark.parametrize("name", evaclip.list_models())
+# The planner covers CLIP text towers; configs with a Hugging Face text encoder are refused (tested below).
+CLIP_TEXT_MODELS = [n for n in evaclip.list_models() if not evaclip.get_model_config(n).text_cfg.is_hf]
+
+
+@pytest.mark.parametrize("name", CLIP_TEXT_MODELS)
 def test_shapes_match_the_model(name):
     cfg = evaclip.get_model_config(name)
     model = evaclip.create_model(name, device="meta")
@@ -43,3 +47,10 @@ def test_eva_clip_18b_totals_match_the_paper():
     assert fsdp.params + fsdp.grads + fsdp.optimizer == 16 * p.sharded(360)
     assert 1.0 < 16 * p.sharded(360) / state * 360 < 1.1
     assert flat.optimizer == 8 * math.ceil(p.total / 360)
+
+
+def test_hf_text_towers_are_refused_clearly():
+    hf = [n for n in evaclip.list_models() if evaclip.get_model_config(n).text_cfg.is_hf]
+    assert hf, "the demo configs use the MiniLM text tower"
+    with pytest.raises(evaclip.ConfigError):
+        model_params(evaclip.get_model_config(hf[0]))

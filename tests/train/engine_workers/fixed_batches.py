@@ -38,7 +38,9 @@ def main() -> None:
     batches = [(im[lo:hi], tok[lo:hi], {}) for im, tok in global_batches(steps)]
     cfg = TrainConfig(
         out_dir=out + ".run", steps=steps, strategy=strategy, progress=False, tensorboard=False,
-        model=ModelSection(name="evaclip-tiny-18b"),
+        # The same initial weights as the single process: build the full model on every rank, then shard.
+        # (The meta-device path initialises shards independently; it is tested with pretrained weights.)
+        model=ModelSection(name="evaclip-tiny-18b", meta_init=False),
         # The data section is unused with fixed batches but must be valid.
         data=DataConfig(sources=[DataSource("unused.tar")], batch_size=per_rank),
         optim=OptimConfig(name="lamb", lr=1e-3, visual_lr=1e-3, text_lr=5e-4, weight_decay=0.05,
