@@ -149,8 +149,10 @@ class Attention(nn.Module):
             bias = None
             if self.q_bias is not None:
                 bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-            qkv = F.linear(x, self.qkv.weight, bias).view(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)
+            # Split on the (B, N, 3, H, D) view, then transpose each: backward stacks the three gradients
+            # straight into the linear's (B, N, 3C) layout (one copy fewer than unbinding a permuted view).
+            qkv = F.linear(x, self.qkv.weight, bias).view(B, N, 3, self.heads, -1)
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         if self._rope:  # rotate patch tokens only; the cls token (index 0) has no position
             rope = self._rope[0]
             q = torch.cat((q[:, :, :1], rope(q[:, :, 1:], keep)), dim=2).type_as(v)

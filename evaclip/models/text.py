@@ -28,7 +28,8 @@ class TextAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(B, L, 3, self.heads, -1)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        # Unbind before transposing: backward then stacks the gradients in the linear's layout (no extra copy).
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.out_proj(x.transpose(1, 2).reshape(B, L, C))
 

@@ -329,10 +329,12 @@ def test_optimizers_on_cuda_match_cpu() -> None:
     # AdamW takes torch's fused CUDA kernel and agrees with the CPU foreach implementation.
     results = []
     for device in ("cpu", "cuda"):
-        model = StandInCLIP().to(device)
+        # Initialise on the CPU, then move: CUDA's generator would draw other numbers from the same seed.
+        model = StandInCLIP()
         torch.manual_seed(0)
         for p in model.parameters():
             nn.init.normal_(p)
+        model = model.to(device)
         opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1))
         assert opt.defaults["fused"] is (True if device == "cuda" else None)
         for p in model.parameters():

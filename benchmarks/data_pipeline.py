@@ -1,0 +1,147 @@
+"""Data pipeline throughput per worker vs the trainer's consumption, and the measured data-wait share.
+
+Three measurements, at the demo settings (batch 128, context 32, one loader worker, the train transform at
+the model's image size; ``evaclip.train.recipes.demo``):
+
+1. Pipeline images/s of ONE worker: ``evaclip.data.make_loader`` with ``num_workers=0`` (decode + augment +
+   tokenize + collate in this process), on the offline training shards (``data_cache/offline/train``) or,
+   when they are absent, the shipped sample shard ``evaclip/data/sample/tiny-train-000.tar``.
+2. Trainer consumption: samples/s of the training step (forward + backward + AdamW) of the model on
+   three distinct pre-loaded real batches (benchmarks/train_step.py's step).
+3. End to end: the same step fed by the real loader with ``num_workers=1``, timing how long each
+   ``next(loader)`` blocks. data-wait share = blocked time / total time (target < 5%).
+
+The reference for 1 vs 2 is the ratio worker-images/s / trainer-samples/s: above 1, one worker keeps up.
+On a 2-core machine the worker and the trainer share the cores, so 3 is the figure that counts.
+
+    .venv/bin/python benchmarks/data_pipeline.py [--model evaclip-small] [--batches 6] [--steps 8]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# Idle OpenMP threads sleep instead of spinning, so process CPU time counts work only (libgomp reads this
+# when torch loads it, hence before the import).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine_line, median, set_threads, time_repeats  # noqa: E402
+from benchmarks.train_step import Batch, make_step  # noqa: E402
+from evaclip.data import DataConfig, DataSource, make_loader  # noqa: E402
+from evaclip.models.factory import create_model, get_model_config, get_tokenizer, list_models  # noqa: E402
+from evaclip.transforms import image_transform  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+OFFLINE = REPO / "data_cache" / "offline" / "train"
+SAMPLE = REPO / "evaclip" / "data" / "sample" / "tiny-train-000.tar"
+DEMO_BATCH, DEMO_CONTEXT = 128, 32
+
+
+class _Tokenizer:
+    """The model's tokenizer at the demo context length, as the loader calls it: ``list[str] -> LongTensor``."""
+
+    def __init__(self, model_name: str, context: int):
+        self.tokenizer, self.context = get_tokenizer(model_name), context
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts, context_length=self.context)
+
+
+def shards(path: str | None) -> list[str]:
+    if path:
+        found = sorted(str(p) for p in Path(path).glob("*.tar")) if Path(path).is_dir() else [path]
+    else:
+        found = sorted(str(p) for p in OFFLINE.glob("*.tar")) or [str(SAMPLE)]
+    if not found:
+        raise SystemExit(f"no .tar shards found at {path}")
+    return found
+
+
+def loader_for(urls: list[str], image_size: int, batch: int, workers: int, context: int, tokenizer=None):
+    cfg = DataConfig(sources=[DataSource(urls, 1.0, "bench")], batch_size=batch, num_workers=workers,
+                     resampled=True, seed=0, context_length=context, shuffle_window=256, interleave=4)
+    return make_loader(cfg, transform=image_transform(image_size, is_train=True), tokenizer=tokenizer)
+
+
+def pipeline_rate(urls: list[str], image_size: int, batch: int, batches: int, context: int,
+                  tokenizer=None) -> float:
+    """Images/s of one worker (the loader runs in this process), after one warm-up batch."""
+    it = iter(loader_for(urls, image_size, batch, 0, context, tokenizer))
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batch * batches / (time.perf_counter() - start)
+
+
+def end_to_end(model, urls: list[str], image_size: int, batch: int, steps: int, context: int,
+               tokenizer=None) -> dict:
+    """Train ``steps`` steps from the real loader (1 worker); return wait and step times."""
+    it = iter(loader_for(urls, image_size, batch, 1, context, tokenizer))
+    images, tokens, _ = next(it)  # worker start-up and the first batch are not part of the steady state
+    step = make_step(model, Batch(images, tokens))
+    step()
+    wait = compute = 0.0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        images, tokens, _ = next(it)
+        t1 = time.perf_counter()
+        step(Batch(images, tokens))
+        t2 = time.perf_counter()
+        wait, compute = wait + (t1 - t0), compute + (t2 - t1)
+    return {"wait_s": wait, "compute_s": compute, "share": wait / (wait + compute),
+            "samples_per_s": batch * steps / (wait + compute)}
+
+
+def run(model_name: str, data: str | None, batches: int, steps: int, threads: int, batch: int = DEMO_BATCH,
+        verbose: bool = True) -> dict:
+    set_threads(threads)
+    cfg = get_model_config(model_name)
+    size, context = cfg.vision_cfg.image_size, min(DEMO_CONTEXT, cfg.text_cfg.context_length)
+    urls = shards(data)
+    tokenizer = _Tokenizer(model_name, context)  # the model's own (the demo student has a BERT text tower)
+    per_worker = pipeline_rate(urls, size, batch, batches, context, tokenizer)
+    torch.manual_seed(0)
+    model = create_model(model_name)
+    # Distinct pre-loaded batches: a frozen Hugging Face text tower caches features, so repeating one batch
+    # would flatter the trainer.
+    it = iter(loader_for(urls, size, batch, 0, context, tokenizer))
+    preloaded = [Batch(*next(it)[:2]) for _ in range(4)]
+    step = make_step(model, preloaded[0])
+    step()
+    consume = batch / median(time_repeats(lambda: [step(b) for b in preloaded[1:]], repeats=1, warmup=0).wall) * 3
+    e2e = end_to_end(model, urls, size, batch, steps, context, tokenizer)
+    out = {"model": model_name, "shards": len(urls), "worker_images_per_s": per_worker,
+           "trainer_samples_per_s": consume, "workers_needed": consume / per_worker, "end_to_end": e2e}
+    if verbose:
+        print(f"data pipeline vs trainer: {model_name} at {size}px, batch {batch}, context {context}, "
+              f"{len(urls)} shard(s) ({Path(urls[0]).parent}); {machine_line()}")
+        print(f"  pipeline, 1 worker (decode + augment + tokenize): {per_worker:8.1f} images/s")
+        print(f"  trainer consumption (pre-loaded real batches):    {consume:8.1f} samples/s")
+        print(f"  workers needed to keep up: {consume / per_worker:.2f}")
+        print(f"  end to end with 1 worker: {e2e['samples_per_s']:.1f} samples/s, data wait "
+              f"{e2e['wait_s']:.2f}s of {e2e['wait_s'] + e2e['compute_s']:.2f}s = {e2e['share'] * 100:.1f}% "
+              f"(over {steps} steps)")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_model = "demo-student" if "demo-student" in list_models() else "evaclip-small"
+    parser.add_argument("--model", default=default_model)
+    parser.add_argument("--data", default=None, help="a directory of .tar shards or one shard")
+    parser.add_argument("--batch", type=int, default=DEMO_BATCH)
+    parser.add_argument("--batches", type=int, default=6, help="batches timed for the pipeline alone")
+    parser.add_argument("--steps", type=int, default=8, help="end-to-end training steps")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    run(args.model, args.data, args.batches, args.steps, args.threads, args.batch)
+
+
+if __name__ == "__main__":
+    main()
