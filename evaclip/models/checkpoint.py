@@ -249,6 +249,12 @@ def load_checkpoint(module: nn.Module, checkpoint: str | os.PathLike | Mapping[s
         del sd[key]
 
     model_sd = module.state_dict()
+    # Casting would turn integer or boolean data into "weights" without a word: such a file is not this model's.
+    wrong = [k for k, v in sd.items()
+             if k in model_sd and model_sd[k].is_floating_point() and not v.is_floating_point()]
+    if wrong:
+        raise CheckpointError(f"{name}: {len(wrong)} tensors have a non-float dtype for float parameters (e.g. "
+                              f"{wrong[0]}: {sd[wrong[0]].dtype}); it is not a weights file for this model")
     _resize_for(model_sd, sd, report, prefix)
     for key, value in sd.items():
         if key not in model_sd:

@@ -18,6 +18,7 @@ import base64
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ def save(out_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torc
          *, rank_state: dict[str, Any], meta: dict[str, Any], keep: int = 2) -> Path:
     """Write a checkpoint collectively (every rank calls this) and prune old ones, keeping ``keep``."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     from evaclip.train import faults
@@ -143,18 +145,44 @@ def save(out_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torc
             os.rename(tmp, final)
             _prune(root, keep)
         _barrier()
-    except OSError as e:
+    except (OSError, CheckpointException) as e:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise TrainingError(f"could not write checkpoint {final}: {e.strerror or e}; the previous checkpoint "
-                            "is intact. Free disk space or choose another out_dir, then resume=latest") from None
+        raise TrainingError(f"could not write checkpoint {final}: {_write_failure(e, root)}; the previous "
+                            "checkpoint is intact. Free disk space or choose another out_dir, then resume=latest"
+                            ) from None
     return final
+
+
+def _write_failure(e: BaseException, root: Path) -> str:
+    """One line on why a checkpoint write failed. DCP gathers each rank's error into a CheckpointException, and a
+    full disk reaches it as torch's zip writer failing without an errno, so also say how much room is left."""
+    if isinstance(e, OSError):
+        reason = e.strerror or str(e)
+    else:
+        failures = getattr(e, "failures", None) or {}
+        inner = next(iter(failures.values()))[0] if failures else e
+        first = str(inner).splitlines()[0][:160] if str(inner) else ""
+        reason = f"{type(inner).__name__}: {first}"
+    try:
+        reason += f" ({shutil.disk_usage(root).free / 2**20:.0f} MiB free there)"
+    except OSError:
+        pass
+    return reason
 
 
 def _prune(root: Path, keep: int) -> None:
     steps = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "meta.json").is_file())
     for old in steps[:-keep]:
+        (old / "meta.json").unlink()  # first the completion mark: a kill mid-delete leaves an incomplete folder
         shutil.rmtree(old, ignore_errors=True)
+    # Incomplete folders older than the newest checkpoint can never be resumed from (a checkpoint whose pruning
+    # was killed, a .partial that no resumed run rewrote): remove them too.
+    newest = int(steps[-1].name[5:]) if steps else -1
+    for p in root.iterdir():
+        m = re.match(r"^step_(\d{8})(\.partial)?$", p.name)
+        if m and int(m.group(1)) < newest and not (p / "meta.json").is_file():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -164,6 +192,7 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
 
     path = Path(path)
     rank, world = _world()
+    _check_metadata(path)
     meta = json.loads((path / "meta.json").read_text())
     if meta.get("world_size", 1) != world:
         raise TrainingError(f"checkpoint {path} was written by {meta.get('world_size')} processes, this run has "
@@ -175,3 +204,29 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     per_rank = json.loads((path / f"rank_{rank:05d}.json").read_text())
     _set_rng_state(per_rank["rng"])
     return meta, per_rank["rank_state"]
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles only what DCP writes into ``.metadata``: its own metadata classes, torch sizes and dtypes."""
+
+    _NAMES = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+              ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+              ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str):
+        if (module == "torch.distributed.checkpoint.metadata" or (module, name) in self._NAMES
+                or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in checkpoint metadata")
+
+
+def _check_metadata(path: Path) -> None:
+    """DCP unpickles ``.metadata`` with plain pickle, which can run code: read it first with the allow-list above,
+    so that a planted or garbled file is refused before DCP touches it."""
+    try:
+        with open(path / ".metadata", "rb") as f:
+            _MetadataUnpickler(f).load()
+    except Exception as e:  # noqa: BLE001 - whatever the failure, this is not a checkpoint to trust
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise TrainingError(f"refusing to resume from {path}: its .metadata is not DCP checkpoint metadata "
+                            f"({reason}); resume only from checkpoints your own runs wrote") from None

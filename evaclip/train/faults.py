@@ -10,8 +10,8 @@ under torchrun). Kinds:
 - ``checkpoint_kill``: SIGKILL inside the save of that checkpoint, right after the sharded (DCP) write and
   before the per-rank files, ``meta.json`` and the rename: a ``step_XXXXXXXX.partial`` directory is left;
 - ``rename_kill``: SIGKILL with the checkpoint complete in ``step_XXXXXXXX.partial``, just before its rename;
-- ``prune_kill``: SIGKILL after the rename, while old checkpoints are being pruned, with one file of the
-  oldest one already deleted (fires only if that save prunes anything).
+- ``prune_kill``: SIGKILL after the rename, while old checkpoints are being pruned: right after the oldest
+  one's ``meta.json`` is deleted, the worst moment (fires only if that save prunes anything).
 
 The last two watch the checkpoint code from outside with a Python audit hook (``os.rename`` / ``os.remove``
 events), installed only when such a fault is asked for. Unset in normal runs, this module costs one dict
@@ -49,7 +49,7 @@ def _parse() -> dict[str, set[int]]:
 
 _FAULTS = _parse()
 _HOOKED = False
-_pruning_after: list[int] = []  # removals seen since the rename that armed prune_kill
+_pruning: list[str] = []  # "armed" after the rename of a prune_kill step, then "meta" once meta.json goes
 
 
 def active(kind: str, step: int) -> bool:
@@ -89,11 +89,14 @@ def _audit(event: str, args: tuple) -> None:
         if active("rename_kill", step):
             _kill()
         if active("prune_kill", step):
-            _pruning_after[:] = [step]
-    elif event == "os.remove" and _pruning_after:
-        _pruning_after.append(1)
-        if len(_pruning_after) > 2:  # the first file is gone, this is the second one
+            _pruning[:] = ["armed"]
+    elif event in ("os.remove", "os.rmdir") and _pruning:
+        # Audit events come before the call: kill at the removal that follows meta.json's (a file or, if
+        # meta.json was the last file, the folder itself), so meta.json is gone and the folder is not.
+        if _pruning[-1] == "meta":
             _kill()
+        if event == "os.remove" and os.path.basename(os.fsdecode(args[0])) == "meta.json":
+            _pruning[:] = ["meta"]
 
 
 def _install_hook() -> None:
@@ -107,8 +110,22 @@ def reload() -> None:
     """Re-read EVACLIP_FAULTS (for tests that set it in-process)."""
     global _FAULTS
     _FAULTS = _parse()
-    _pruning_after.clear()
+    _pruning.clear()
     _install_hook()
 
 
+def poison_grad(model) -> None:
+    """The ``nan_grad`` fault: fill one gradient with NaN, one that this rank holds a part of (under FSDP2 a
+    small parameter's shard can be empty on some ranks, and filling that would inject nothing)."""
+    for p in model.parameters():
+        grad = p.grad
+        if grad is None:
+            continue
+        local = grad.to_local() if hasattr(grad, "to_local") else grad
+        if local.numel():
+            local.fill_(float("nan"))
+            return
+
+
 _install_hook()
+

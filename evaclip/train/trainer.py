@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from evaclip.data.decode import SKIP_REASONS
 from evaclip.errors import ConfigError, TrainingError
 from evaclip.train import checkpointing, faults
 from evaclip.train.config import TrainConfig
@@ -61,12 +62,15 @@ class Trainer:
         self.dist = dist_info or init_distributed()
         self.device = self.dist.device
         self.out_dir = Path(cfg.out_dir)
+        # Fail before any work on bad input: the resume point, the model config, the data sources (listed,
+        # not read), the out_dir.
+        self.resume_path = checkpointing.resolve_resume(cfg.resume, self.out_dir)
+        self.task = make_task(cfg)
+        self._external_batches = batches
+        self.loader = self._make_loader() if batches is None else None
         if self.dist.is_main:
             _check_writable(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        # Fail before any work if resume=latest finds nothing to resume.
-        self.resume_path = checkpointing.resolve_resume(cfg.resume, self.out_dir)
-        self.task = make_task(cfg)
 
         # Identical initial weights on every rank (DDP broadcasts anyway; FSDP2 shards what each rank built).
         torch.manual_seed(cfg.seed)
@@ -86,8 +90,6 @@ class Trainer:
         self.schedule = LRSchedule(total_steps=cfg.steps, warmup_steps=cfg.schedule.warmup_steps,
                                    kind=cfg.schedule.kind, min_lr_ratio=cfg.schedule.min_lr_ratio)
         self.loss_fn = self.task.make_loss()
-        self.loader = None
-        self._external_batches = batches
         self.step = 0
         self.samples_seen = 0
         self.nonfinite_in_a_row = 0
@@ -208,7 +210,7 @@ class Trainer:
             loss = self._inject_loss_faults(loss, step)
             loss.backward()
         if faults.active("nan_grad", step):
-            next(p for p in self.raw_model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+            faults.poison_grad(self.raw_model)
         faults.maybe_fail("crash", step)
 
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -316,7 +318,7 @@ class Trainer:
                     from evaclip.data.pipeline import global_skip_counts
                     # A collective: every rank reaches this on the same steps (both conditions are global).
                     skips = global_skip_counts(self.loader.skip_counts)
-                    record["skipped_samples"] = int(sum(skips.values()))
+                    record["skipped_samples"] = sum(n for k, n in skips.items() if k in SKIP_REASONS)
                     record.update({f"skip/{k}": v for k, v in skips.items()})
                 if cfg.trace_samples:
                     with open(self.out_dir / f"samples_rank{self.dist.rank}.jsonl", "a") as f:
@@ -349,8 +351,9 @@ class Trainer:
                    "skipped_steps": self.skipped_steps, "wall_s": time.perf_counter() - wall_start,
                    "data_wait_share": data_time / step_time if step_time else 0.0,
                    "exported": [str(p) for p in exported]}
-        if self.loader is not None:
-            summary["skipped_samples"] = dict(self.loader.skip_counts)
+        if self.loader is not None:  # a collective: every rank's skips, as in metrics.jsonl
+            from evaclip.data.pipeline import global_skip_counts
+            summary["skipped_samples"] = global_skip_counts(self.loader.skip_counts)
         if self.dist.is_main:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

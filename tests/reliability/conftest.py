@@ -1,0 +1,5 @@
+"""The reliability suite reuses the data tests' helpers (real images, real tar shards)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
