@@ -78,40 +78,15 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-@dataclass
-class Ceiling:
-    """Sustained square-matmul rate: FLOP per wall second and FLOP per process-CPU second."""
-
-    per_wall_s: float
-    per_cpu_s: float
+# One implementation of the MFU denominator for the trainer and the benchmarks.
+from evaclip.train.metrics import Ceiling  # noqa: E402
+from evaclip.train.metrics import matmul_ceiling as _matmul_ceiling  # noqa: E402
 
 
 def matmul_ceiling(device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
                    n: int = 1024, seconds: float = 0.5, repeats: int = 3) -> Ceiling:
-    """Median over ``repeats`` of the sustained rate of an ``n x n`` matmul: the denominator of MFU.
-
-    On CPU this is the best a dense GEMM reaches with the current thread count; a model step can only
-    approach it, since norms, softmax, GELU and optimizer updates run at memory speed.
-    """
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    wall_rates, cpu_rates = [], []
-    for _ in range(repeats):
-        for _ in range(2):
-            a @ b
-        sync(device)
-        iters, start, cpu = 0, time.perf_counter(), time.process_time()
-        while True:
-            a @ b
-            iters += 1
-            if iters % 4 == 0:
-                sync(device)
-                elapsed = time.perf_counter() - start
-                if elapsed >= seconds:
-                    wall_rates.append(2 * n**3 * iters / elapsed)
-                    cpu_rates.append(2 * n**3 * iters / (time.process_time() - cpu))
-                    break
-    return Ceiling(median(wall_rates), median(cpu_rates))
+    """The trainer's matmul ceiling, with the benchmarks' longer default measurement (median of 3 x 0.5 s)."""
+    return _matmul_ceiling(device, dtype, n, seconds, repeats)
 
 
 def merge_ceilings(cs: list[Ceiling]) -> Ceiling:

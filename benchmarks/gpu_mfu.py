@@ -57,24 +57,9 @@ def sync(device: torch.device) -> None:
 
 def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, seconds: float = 0.5,
                    repeats: int = 3) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    rates = []
-    for _ in range(repeats):
-        for _ in range(3):
-            a @ b
-        sync(device)
-        iters, start = 0, time.perf_counter()
-        while True:
-            a @ b
-            iters += 1
-            if iters % 8 == 0:
-                sync(device)
-                elapsed = time.perf_counter() - start
-                if elapsed >= seconds:
-                    rates.append(2 * n**3 * iters / elapsed)
-                    break
-    return statistics.median(rates)
+    """FLOP per second of an n x n matmul in ``dtype`` (median of ``repeats``): the MFU denominator."""
+    from evaclip.train.metrics import matmul_ceiling as ceiling
+    return ceiling(device, dtype, n, seconds, repeats).per_wall_s
 
 
 def build(name: str, device: torch.device, param_dtype: str, compile_blocks: bool):

@@ -2,30 +2,55 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 
-def measure_matmul_ceiling(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024,
-                           seconds: float = 0.3) -> float:
-    """Sustained FLOP/s of a square matmul on this device: the denominator of MFU."""
+@dataclass
+class Ceiling:
+    """Sustained square-matmul rate: FLOP per wall second and FLOP per process-CPU second (medians)."""
+
+    per_wall_s: float
+    per_cpu_s: float
+
+
+def matmul_ceiling(device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32, n: int = 1024,
+                   seconds: float = 0.3, repeats: int = 1) -> Ceiling:
+    """The sustained rate of an ``n x n`` matmul on ``device``: the denominator of MFU.
+
+    A model step can only approach it, since norms, softmax, activations and the optimizer run at memory
+    speed. The CPU-time rate does not depend on other load on a shared machine; the wall rate does.
+    """
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    _sync(device)
-    iters, start = 0, time.perf_counter()
-    while True:
-        a @ b
-        iters += 1
-        if iters % 4 == 0:
-            _sync(device)
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                return 2 * n**3 * iters / elapsed
+    wall_rates, cpu_rates = [], []
+    for _ in range(repeats):
+        for _ in range(2):
+            a @ b
+        _sync(device)
+        iters, start, cpu = 0, time.perf_counter(), time.process_time()
+        while True:
+            a @ b
+            iters += 1
+            if iters % 4 == 0:
+                _sync(device)
+                elapsed = time.perf_counter() - start
+                if elapsed >= seconds:
+                    wall_rates.append(2 * n**3 * iters / elapsed)
+                    cpu_rates.append(2 * n**3 * iters / max(time.process_time() - cpu, 1e-9))
+                    break
+    return Ceiling(statistics.median(wall_rates), statistics.median(cpu_rates))
+
+
+def measure_matmul_ceiling(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024,
+                           seconds: float = 0.3) -> float:
+    """FLOP per wall second of a square matmul: what the trainer's MFU is measured against."""
+    return matmul_ceiling(device, dtype, n, seconds).per_wall_s
 
 
 def _sync(device: torch.device) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -19,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from evaclip.data.decode import SKIP_REASONS
-from evaclip.errors import ConfigError, TrainingError
+from evaclip.errors import TrainingError
 from evaclip.train import checkpointing, faults
 from evaclip.train.config import TrainConfig
 from evaclip.train.distributed import DistInfo, init_distributed
