@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.evaclip-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv test demo demo-quick bench clean
+.PHONY: venv test demo demo-quick data system-deps bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,14 +25,24 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests
 
-demo: $(STAMP)
+# The demo's data comes from Debian and npm packages: apt needs its package lists, and the SVG renderer
+# (cairosvg) needs the system library libcairo2.
+system-deps:
+	@ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1 || apt-get update -qq
+	@python3 -c "import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library('cairo') else 1)" \
+		|| apt-get install -y -qq libcairo2
+
+demo: $(STAMP) system-deps
 	$(VENV)/bin/evaclip demo --out demo_out
 
-demo-quick: $(STAMP)
+demo-quick: $(STAMP) system-deps
 	$(VENV)/bin/evaclip demo --quick --out demo_out_quick
 
+data: $(STAMP) system-deps
+	$(VENV)/bin/evaclip data prepare
+
 bench: $(STAMP)
-	$(PY) benchmarks/train_step.py
+	for b in train_step inference data_pipeline fsdp_overhead tokenizer; do $(PY) benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
