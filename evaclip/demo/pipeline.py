@@ -1,0 +1,259 @@
+"""``evaclip demo``: the paper's weak-to-strong loop, end to end, on the offline data.
+
+Per seed: prepare data (cached) -> teacher EVA-CLIP -> MIM student distilled from the teacher's vision tower
+-> student EVA-CLIP initialised from the MIM student (vision) and the teacher (text) -> control: the student's
+architecture trained from scratch with the compute of MIM + student CLIP -> evaluate the three.
+
+Every stage is a run of the ordinary trainer with a ``demo-*`` recipe (:mod:`evaclip.train.recipes.demo`)
+and writes to ``OUT/runs/seed<k>/<stage>/``. A stage whose outputs exist is skipped, and an interrupted stage
+continues from its last checkpoint, so a killed demo resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from evaclip.errors import ConfigError
+
+STAGES = ("teacher", "mim", "student", "control")
+MODELS = ("teacher", "student", "control")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Step budgets (not wall time: the same numbers on any machine give the same result)."""
+
+    batch_size: int = 128
+    teacher_steps: int = 1000
+    mim_steps: int = 250
+    student_steps: int = 350
+    warmup_steps: int = 50
+    patch_dropout: float = 0.5  # on the student and control CLIPs (the paper's 0.5)
+    checkpoint_every: int = 100  # lets a killed demo continue inside a stage
+    eval_batch_size: int = 128
+
+
+FULL = Budget()
+QUICK = Budget(batch_size=8, teacher_steps=12, mim_steps=6, student_steps=6, warmup_steps=2,
+               checkpoint_every=0, eval_batch_size=64)
+
+
+@dataclass
+class DemoOptions:
+    out: Path = Path("demo_out")
+    data_dir: Path | None = None  # None: $EVACLIP_DATA or ./data_cache/offline (see evaclip data prepare)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    quick: bool = False
+    budget: Budget | None = None  # None: QUICK or FULL
+    progress: bool = True
+
+    def resolved_budget(self) -> Budget:
+        return self.budget or (QUICK if self.quick else FULL)
+
+
+def _say(msg: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(msg)
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def stage_done(out_dir: Path) -> bool:
+    return all((out_dir / f).is_file() for f in ("final.safetensors", "model_config.json", "summary.json"))
+
+
+def _stage_config(recipe: str, out_dir: Path, steps: int, seed: int, data_dir: Path, budget: Budget,
+                  progress: bool, **fields: Any):
+    from evaclip.train.recipes import get_recipe
+    from evaclip.train.recipes.demo import train_sources
+    cfg = get_recipe(recipe)
+    cfg.out_dir = str(out_dir)
+    cfg.steps = steps
+    cfg.seed = seed
+    cfg.progress = progress
+    cfg.data.sources = train_sources(data_dir / "train")
+    cfg.data.batch_size = budget.batch_size
+    cfg.data.seed = seed
+    cfg.schedule.warmup_steps = min(budget.warmup_steps, max(0, steps - 1))
+    cfg.checkpoint_every = budget.checkpoint_every if budget.checkpoint_every < steps else 0
+    for dotted, value in fields.items():
+        section, name = dotted.split("__") if "__" in dotted else (None, dotted)
+        setattr(getattr(cfg, section) if section else cfg, name, value)
+    return cfg
+
+
+def run_stage(name: str, cfg) -> dict[str, Any]:
+    """Train one stage unless its outputs exist; returns the trainer's summary (plus ``wall_s`` summed over
+    interrupted attempts)."""
+    from evaclip.train.checkpointing import find_latest
+    from evaclip.train.trainer import train
+    out = Path(cfg.out_dir)
+    if stage_done(out):
+        _say(f"[demo] {name}: done already ({out}), skipped")
+        return json.loads((out / "summary.json").read_text())
+    if find_latest(out).path is not None:
+        cfg.resume = "latest"
+        _say(f"[demo] {name}: continuing from the last checkpoint in {out}")
+    else:
+        _say(f"[demo] {name}: training {cfg.steps} steps of {cfg.data.batch_size} ({cfg.model.name}, task "
+             f"{cfg.task}) -> {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    earlier = out / "wall_before_resume.json"
+    before = json.loads(earlier.read_text())["wall_s"] if earlier.is_file() else 0.0
+    started = time.perf_counter()
+    try:
+        summary = train(cfg)
+    except BaseException:
+        earlier.write_text(json.dumps({"wall_s": before + time.perf_counter() - started}))
+        raise
+    summary["wall_s"] = before + summary["wall_s"]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if cfg.checkpoint_every:  # the exported weights are what is kept; the checkpoints only served resume
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return summary
+
+
+def control_steps(budget: Budget, teacher_model: str, student_model: str) -> int:
+    """Steps of the from-scratch control with the trained compute of MIM + student CLIP (same batch).
+
+    The frozen text encoder's forward is left out of the match: it is the same fixed feature extractor for
+    every model, so counting it would hand the control fewer extra steps (the stricter comparison)."""
+    from evaclip.demo.flops import clip_train_flops, mim_train_flops
+    clip = clip_train_flops(student_model, budget.patch_dropout, frozen_text=False)
+    mim = mim_train_flops(student_model, teacher_model)
+    return int(round(budget.student_steps + budget.mim_steps * mim / clip))
+
+
+def run_seed(seed: int, data_dir: Path, out: Path, budget: Budget, progress: bool = True) -> dict[str, Any]:
+    """All four stages of one seed, then the evaluations; returns the seed's record for results.json."""
+    from evaclip.demo.evaluate import evaluate_model
+    from evaclip.demo.flops import clip_train_flops, mim_train_flops
+    root = out / "runs" / f"seed{seed}"
+    dirs = {s: root / s for s in STAGES}
+    teacher_model, student_model = "demo-teacher", "demo-student"
+
+    summaries = {"teacher": run_stage("teacher", _stage_config(
+        "demo-teacher", dirs["teacher"], budget.teacher_steps, seed, data_dir, budget, progress))}
+    teacher_w, teacher_json = dirs["teacher"] / "final.safetensors", dirs["teacher"] / "model_config.json"
+    summaries["mim"] = run_stage("mim", _stage_config(
+        "demo-mim", dirs["mim"], budget.mim_steps, seed, data_dir, budget, progress,
+        mim__teacher=str(teacher_w), mim__teacher_model=str(teacher_json)))
+    summaries["student"] = run_stage("student", _stage_config(
+        "demo-student", dirs["student"], budget.student_steps, seed, data_dir, budget, progress,
+        model__pretrained_image=str(dirs["mim"] / "final.safetensors"), model__pretrained_text=str(teacher_w),
+        model__patch_dropout=budget.patch_dropout))
+    n_control = control_steps(budget, teacher_model, student_model)
+    summaries["control"] = run_stage("control", _stage_config(
+        "demo-control", dirs["control"], n_control, seed, data_dir, budget, progress,
+        model__patch_dropout=budget.patch_dropout))
+
+    samples = {s: summaries[s]["samples_seen"] for s in STAGES}
+    flops = {
+        "teacher": samples["teacher"] * clip_train_flops(teacher_model),
+        "mim": samples["mim"] * mim_train_flops(student_model, teacher_model),
+        "student_clip": samples["student"] * clip_train_flops(student_model, budget.patch_dropout),
+        "control": samples["control"] * clip_train_flops(student_model, budget.patch_dropout),
+    }
+    matched = {  # the trained compute used to size the control (frozen text encoder left out)
+        "student": samples["mim"] * mim_train_flops(student_model, teacher_model)
+        + samples["student"] * clip_train_flops(student_model, budget.patch_dropout, frozen_text=False),
+        "control": samples["control"] * clip_train_flops(student_model, budget.patch_dropout, frozen_text=False),
+    }
+    record: dict[str, Any] = {"seed": seed, "stages": {}}
+    for s in STAGES:
+        record["stages"][s] = {"steps": summaries[s]["steps"], "samples": samples[s],
+                               "wall_s": summaries[s]["wall_s"], "final_loss": summaries[s].get("final_loss")}
+    own_flops = {"teacher": flops["teacher"], "student": flops["mim"] + flops["student_clip"],
+                 "control": flops["control"]}
+    trained = {"teacher": samples["teacher"] * clip_train_flops(teacher_model, frozen_text=False), **matched}
+    for m in MODELS:
+        d = dirs[m]
+        cached = d / "eval.json"
+        if cached.is_file():
+            metrics = json.loads(cached.read_text())
+        else:
+            _say(f"[demo] evaluating the {m} (seed {seed})")
+            metrics = evaluate_model(d / "final.safetensors", d / "model_config.json", data_dir,
+                                     batch_size=budget.eval_batch_size)
+            cached.write_text(json.dumps(metrics, indent=2) + "\n")
+        wall = summaries[m]["wall_s"] + (summaries["mim"]["wall_s"] if m == "student" else 0.0)
+        record[m] = {"metrics": metrics, "parameters": _count_parameters(d / "final.safetensors"),
+                     "training_flops": own_flops[m], "trained_flops": trained[m], "wall_s": wall,
+                     "weights": str(d / "final.safetensors"), "config": str(d / "model_config.json")}
+    # The student's compute including the teacher it learned from (the x position on the scaling plot).
+    record["student"]["training_flops_with_teacher"] = own_flops["student"] + own_flops["teacher"]
+    record["student"]["trained_flops_with_teacher"] = trained["student"] + trained["teacher"]
+    record["matched_flops"] = matched
+    return record
+
+
+def _count_parameters(weights: Path) -> dict[str, int]:
+    """Tensor elements in the file: in all, and in the vision tower (the text encoder is the same frozen
+    MiniLM in every model)."""
+    from safetensors import safe_open
+    counts = {"total": 0, "vision": 0}
+    with safe_open(str(weights), framework="pt") as f:
+        for k in f.keys():
+            n = math.prod(f.get_slice(k).get_shape())
+            counts["total"] += n
+            counts["vision"] += n if k.startswith("visual.") else 0
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------ demo
+def prepare_data(options: DemoOptions, prepare_options=None, fetch_fn: Callable | None = None) -> Path:
+    """The offline data (built once, then cached) via :func:`evaclip.data.offline.prepare`."""
+    from evaclip.data.offline import PrepareOptions, prepare
+    kwargs: dict[str, Any] = {"progress": options.progress}
+    if fetch_fn is not None:
+        kwargs["fetch_fn"] = fetch_fn
+    result = prepare(options.data_dir, prepare_options or PrepareOptions(), **kwargs)
+    _say(f"[demo] data: {result.out} ({'cached' if result.cached else 'built'}; "
+         f"{result.manifest['train']['samples']} training pairs)")
+    return Path(result.out)
+
+
+def export_models(record: dict[str, Any], out: Path) -> dict[str, dict[str, str]]:
+    """Copy one seed's three models to ``OUT/<model>.safetensors`` + ``OUT/<model>.json``."""
+    files = {}
+    for m in MODELS:
+        w, c = out / f"{m}.safetensors", out / f"{m}.json"
+        shutil.copyfile(record[m]["weights"], w)
+        shutil.copyfile(record[m]["config"], c)
+        files[m] = {"weights": w.name, "config": c.name}
+    return files
+
+
+def run_demo(options: DemoOptions, prepare_options=None, fetch_fn: Callable | None = None) -> dict[str, Any]:
+    """Run the demo for every seed and write ``OUT/results.json``, ``report.md`` and the plots."""
+    from evaclip.demo.evaluate import chance_levels
+    from evaclip.demo.plots import plot_curves, plot_scaling
+    from evaclip.demo.report import summarize, write_report
+    if not options.seeds:
+        raise ConfigError("no seeds given; pass e.g. --seeds 0 or --seeds 0,1,2")
+    budget = options.resolved_budget()
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    data_dir = prepare_data(options, prepare_options, fetch_fn)
+    records = []
+    for seed in options.seeds:
+        _say(f"[demo] ---- seed {seed} ----")
+        records.append(run_seed(seed, data_dir, out, budget, options.progress))
+    files = export_models(records[0], out)
+    results = {
+        "quick": options.quick, "budget": asdict(budget), "seeds": options.seeds,
+        "data": str(data_dir), "chance": chance_levels(data_dir),
+        "models": files, "summary": summarize(records), "per_seed": records,
+        "wall_s_total": time.perf_counter() - started,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plots = [plot_scaling(results, out / "scaling.png")]
+    plots += plot_curves(out, options.seeds, out / "curves_clip.png", out / "curves_mim.png")
+    write_report(results, out / "report.md", [p.name for p in plots])
+    _say(f"[demo] done in {results['wall_s_total'] / 60:.1f} min: {out / 'report.md'}")
+    return results
