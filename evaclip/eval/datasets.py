@@ -230,10 +230,16 @@ def _load_image_folder(root: Path, transform: Transform, dataset: str | None) ->
     names = [d.name for d in folders]
     if (root / "classnames.txt").exists():
         classnames = read_lines(root / "classnames.txt")
-        if len(classnames) != len(folders):
+        index = {c: i for i, c in enumerate(classnames)}
+        if all(n in index for n in names):
+            # folders named by class: the label is the name's line (classes without images stay candidates)
+            labels = [index[n] for n in names]
+        elif len(classnames) == len(folders):
+            labels = list(range(len(folders)))  # other folder names: classnames.txt in sorted folder order
+        else:
             raise DatasetError(f"{root}/classnames.txt has {len(classnames)} names but there are {len(folders)} "
-                               f"class folders; it must list one name per folder, in sorted folder order")
-        labels = list(range(len(folders)))
+                               f"class folders; name the folders by class, or list one name per folder in "
+                               f"sorted folder order")
     else:
         classnames, labels = folder_classnames(names, dataset)
     templates = read_lines(root / "templates.txt") if (root / "templates.txt").exists() else None
