@@ -33,9 +33,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import os
+
     from evaclip.train.trainer import train
     summary = train(cfg)
-    from evaclip.train.distributed import is_main
-    if is_main():
+    if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now: ask torchrun's variable
         print(json.dumps(summary, indent=2))
     return 0

@@ -57,6 +57,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, batches: Iterable | None = None, dist_info: DistInfo | None = None):
         cfg.validate()
         self.cfg = cfg
+        # Whoever creates the process group destroys it: a group left alive at exit can abort the process
+        # ("terminate called without an active exception") while gloo's threads are torn down.
+        self._owns_group = dist_info is None and not (dist.is_available() and dist.is_initialized())
         self.dist = dist_info or init_distributed()
         self.device = self.dist.device
         self.out_dir = Path(cfg.out_dir)
@@ -245,6 +248,14 @@ class Trainer:
                 f"loss or gradients were not finite for {self.nonfinite_in_a_row} steps in a row (last at step "
                 f"{step}); lower optim.lr, raise schedule.warmup_steps, check the data, or train in fp32")
 
+    def close(self) -> None:
+        """Release the data workers and, if this trainer created it, the process group."""
+        if self.loader is not None:
+            self.loader.close()
+        if self._owns_group and dist.is_initialized():
+            dist.barrier()  # every rank has finished writing before any tears the group down
+            dist.destroy_process_group()
+
     # ---- evaluation hook ----------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Zero-shot top-1 on the configured image-folder datasets, on rank 0 (the others wait).
@@ -359,4 +370,7 @@ class Trainer:
 
 def train(cfg: TrainConfig, batches: Iterable | None = None) -> dict[str, Any]:
     """Run a whole training job described by ``cfg`` (in this process; use torchrun for several)."""
-    return Trainer(cfg, batches).fit()
+    trainer = Trainer(cfg, batches)
+    summary = trainer.fit()
+    trainer.close()
+    return summary
