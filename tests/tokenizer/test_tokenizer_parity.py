@@ -19,8 +19,9 @@ from evaclip.tokenizer import CLIPTokenizer, clean_text, clean_words
 
 def _load_reference():
     spec = importlib.util.find_spec("open_clip")  # finds the package without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("open_clip_torch is not installed (pip install --no-deps open_clip_torch==3.3.0)")
+    # `make test` installs the reference; without it the parity tests must fail, not pass by skipping.
+    assert spec is not None and spec.submodule_search_locations, \
+        "the reference tokenizer is missing: pip install --no-deps open_clip_torch==3.3.0"
     path = f"{list(spec.submodule_search_locations)[0]}/tokenizer.py"
     module_spec = importlib.util.spec_from_file_location("_reference_clip_tokenizer", path)
     module = importlib.util.module_from_spec(module_spec)
