@@ -6,8 +6,10 @@ degrades to a no-op when the process runs alone, so the same training code serve
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -48,6 +50,8 @@ def init_distributed(backend: str | None = None) -> DistInfo:
 
     ``backend`` defaults to ``nccl`` when CUDA is available and ``gloo`` otherwise. On CUDA each process
     uses ``cuda:LOCAL_RANK``. Calling it again once the group exists just reports the current state.
+    ``EVACLIP_DIST_TIMEOUT_S`` bounds how long a collective waits for a silent peer (PyTorch's default,
+    10-30 minutes, suits a cluster; the test suite sets a short one so a bug fails fast instead of hanging).
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -70,6 +74,11 @@ def init_distributed(backend: str | None = None) -> DistInfo:
             backend = "nccl" if use_cuda else "gloo"
         # device_id lets NCCL bind its communicator eagerly instead of guessing from the current device.
         kwargs = {"device_id": device} if backend == "nccl" else {}
+        timeout_s = _env_int("EVACLIP_DIST_TIMEOUT_S", 0)
+        if timeout_s < 0:
+            raise ConfigError(f"EVACLIP_DIST_TIMEOUT_S={timeout_s} must be a positive number of seconds")
+        if timeout_s:
+            kwargs["timeout"] = timedelta(seconds=timeout_s)
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -100,6 +109,9 @@ def barrier() -> None:
 def destroy() -> None:
     """Leave the process group if one was created (call once at the end of a run)."""
     if dist.is_available() and dist.is_initialized():
+        # Unreachable DDP reducers still hold the group; collected now, none of them is its last owner
+        # (freeing the group from a reducer can deadlock at exit: see Trainer.close).
+        gc.collect()
         dist.destroy_process_group()
 
 

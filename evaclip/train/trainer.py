@@ -6,6 +6,7 @@ The same code runs one process on a laptop CPU or many under ``torchrun`` (DDP, 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import time
@@ -249,9 +250,15 @@ class Trainer:
                 f"{step}); lower optim.lr, raise schedule.warmup_steps, check the data, or train in fp32")
 
     def close(self) -> None:
-        """Release the data workers and, if this trainer created it, the process group."""
+        """Release the data workers, the DDP wrapper and, if this trainer created it, the process group."""
         if self.loader is not None:
             self.loader.close()
+        # DDP's C++ reducer holds the process group and is freed with the GIL held. Were it the group's last
+        # owner, the group's destructor would join gloo threads that may be waiting for that GIL: a hang at
+        # exit (PyTorch #56297). Freed here, while the group is still registered, it is never the last owner.
+        if self.model is not self.raw_model and hasattr(self.model, "reducer"):
+            self.model = self.raw_model
+            gc.collect()
         if self._owns_group and dist.is_initialized():
             dist.barrier()  # every rank has finished writing before any tears the group down
             dist.destroy_process_group()

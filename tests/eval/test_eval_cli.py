@@ -12,6 +12,7 @@ from evaclip.eval.datasets import load_classification, make_loader
 from evaclip.eval.zeroshot import evaluate_zeroshot_classification
 
 from eval_helpers import shapes
+from proc_kit import run_bounded
 
 import evaclip.transforms as transforms  # noqa: E402
 
@@ -126,6 +127,6 @@ def test_ranks_share_a_sweep_under_torchrun(tmp_path):
            "-m", "evaclip.cli.main", "eval", "--model", "evaclip-tiny", "--workers", "0",
            "--image-transform", "squash", "--dataset", "a", "b", "c", "--dataset-root", str(tmp_path),
            "--output", str(tmp_path / "res" / "{dataset}.json")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = run_bounded(cmd, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "res").glob("*.json")) == ["a.json", "b.json", "c.json"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from proc_kit import kill_group, run_bounded
 from safetensors.torch import load_file
 
 # Every run of the suite: no progress bar, no TensorBoard (both are noise here).
@@ -20,7 +21,8 @@ QUIET = ["progress=false", "tensorboard=false"]
 def env(faults: str | None = None) -> dict[str, str]:
     """The child's environment: faults only where asked; one thread per process, since the runs share 2 cores."""
     out = {k: v for k, v in os.environ.items() if k != "EVACLIP_FAULTS"}
-    out.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="0")
+    out.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="0",
+               EVACLIP_DIST_TIMEOUT_S="180")
     if faults:
         out["EVACLIP_FAULTS"] = faults
     return out
@@ -37,7 +39,7 @@ def torchrun(*args: str, nproc: int = 2) -> list[str]:
 
 
 def run(cmd: list[str], faults: str | None = None, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env(faults), capture_output=True, text=True, timeout=timeout, **kw)
+    return run_bounded(cmd, env=env(faults), timeout=timeout, **kw)
 
 
 _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING) ")
@@ -101,14 +103,14 @@ def listing(root: Path) -> list[str]:
 def run_many(cmds: list[list[str]], timeout: float = 300, cwd: Path | None = None) -> list[subprocess.CompletedProcess]:
     """Run every command at once (they are independent) and wait for all: the suite's wall time is the slowest."""
     procs = [subprocess.Popen(c, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                              stdin=subprocess.DEVNULL) for c in cmds]
+                              stdin=subprocess.DEVNULL, start_new_session=True) for c in cmds]
     out = []
     for cmd, p in zip(cmds, procs):
         try:
             stdout, stderr = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            p.kill()
-            stdout, stderr = p.communicate()
+            kill_group(p)
+            stdout, stderr = p.communicate(timeout=60)
         out.append(subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr))
     return out
 

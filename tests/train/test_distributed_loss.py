@@ -111,3 +111,23 @@ def test_bad_launch_environment_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(ConfigError, match="RANK=5"):
         init_distributed()
+
+
+def test_collective_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EVACLIP_DIST_TIMEOUT_S reaches init_process_group as a timedelta; a negative value is refused."""
+    from datetime import timedelta
+
+    from evaclip.errors import ConfigError
+    from evaclip.train import distributed as d
+
+    seen: dict = {}
+    monkeypatch.setattr(d.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(d.dist, "init_process_group", lambda **kw: seen.update(kw))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("EVACLIP_DIST_TIMEOUT_S", "90")
+    d.init_distributed(backend="gloo")
+    assert seen["timeout"] == timedelta(seconds=90) and seen["backend"] == "gloo" and seen["rank"] == 1
+    monkeypatch.setenv("EVACLIP_DIST_TIMEOUT_S", "-5")
+    with pytest.raises(ConfigError, match="EVACLIP_DIST_TIMEOUT_S"):
+        d.init_distributed(backend="gloo")

@@ -1,23 +1,17 @@
 """The trainer under torchrun with 2 processes (gloo) equals one process on the same global batch:
 losses at every step and all parameters after a few LAMB steps, for DDP and FSDP2."""
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from proc_kit import run_bounded
 from safetensors.torch import load_file
 
 WORKER = Path(__file__).parent / "engine_workers" / "fixed_batches.py"
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(out: Path, strategy: str, nproc: int) -> dict[str, torch.Tensor]:
@@ -26,8 +20,8 @@ def _run(out: Path, strategy: str, nproc: int) -> dict[str, torch.Tensor]:
         cmd = [sys.executable, str(WORKER), str(out), strategy, str(STEPS)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={_free_port()}", str(WORKER), str(out), strategy, str(STEPS)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+               "--standalone", str(WORKER), str(out), strategy, str(STEPS)]
+    proc = run_bounded(cmd, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return load_file(str(out))
 
@@ -70,8 +64,7 @@ def test_sharded_meta_init_loads_pretrained_weights_exactly(tmp_path):
            "data.batch_size=8", "schedule.warmup_steps=1", "progress=false", "tensorboard=false",
            "strategy=fsdp", f"model.pretrained={tmp_path / 'src.safetensors'}",
            "optim.lr=0", "optim.visual_lr=0", "optim.text_lr=0"]
-    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=300)
+    proc = run_bounded(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = load_file(str(out / "final.safetensors"))
     ref = src.state_dict()

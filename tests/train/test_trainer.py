@@ -10,6 +10,7 @@ import io
 import pytest
 import torch
 from PIL import Image
+from proc_kit import run_bounded
 from safetensors.torch import load_file
 
 import evaclip
@@ -78,7 +79,7 @@ def test_kill_and_resume_is_exact(tmp_path):
     env = dict(os.environ, EVACLIP_FAULTS="crash@9")
     cmd = [sys.executable, "-m", "evaclip.cli.main", "train", "tiny", f"out_dir={run_dir}", "progress=false",
            "tensorboard=false", *common]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_bounded(cmd, env=env, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not (run_dir / "final.safetensors").exists()
     train(_tiny(run_dir, *common, "resume=latest"))

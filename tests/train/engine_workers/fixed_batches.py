@@ -66,6 +66,7 @@ def main() -> None:
         full = {k: v.float() for k, v in full.items()}
         full["__losses__"] = loss
         save_file(full, out)
+    trainer.close()  # frees the DDP reducer while the group still lives
     if info.world_size > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

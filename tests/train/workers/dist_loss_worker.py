@@ -2,6 +2,7 @@
 computes a loss through a real DDP-wrapped tiny model, and saves its loss, feature gradients and the
 DDP-averaged parameter gradients for the test to compare with one process on the whole batch."""
 
+import gc
 import sys
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def main(batch_path: str, out_dir: str) -> None:
             if p.grad is not None:
                 out[f"param.{pname}"] = p.grad.clone()  # already averaged over ranks by DDP
         results[name] = out
+        del model  # freed while the group lives: a DDP reducer must not be its last owner (see Trainer.close)
+        gc.collect()
     torch.save({"world_size": info.world_size, "rank": info.rank, "results": results},
                Path(out_dir) / f"rank{info.rank}.pt")
     barrier()
