@@ -8,6 +8,10 @@ demo-student  the larger EVA-CLIP: vision tower from demo-mim, text tower from t
               the vision head re-initialised), then contrastive training with layer-wise lr decay.
 demo-control  the same larger EVA-CLIP from scratch; the demo gives it the FLOPs of MIM + student CLIP.
 
+The contrastive stages use lr 3e-4: with 1e-3 (the first choice) the training loss of every stage sat near
+chance for the first few hundred steps; at 3e-4 the teacher's training loss fell faster and ended lower (2.7
+vs 3.3 at step 850). The choice was made on training loss only, never on the evaluation sets.
+
 Budgets are in steps (not wall time) so that a run is reproducible on any machine. ``evaclip demo`` fills in
 the data, the checkpoints and the step counts; ``evaclip train demo-teacher data.sources=...`` works too.
 """
@@ -31,6 +35,9 @@ def train_sources(train_dir: str | Path = DEFAULT_TRAIN_DIR) -> list[DataSource]
     return [DataSource(shards or str(Path(train_dir) / "*.tar"), 1.0, "offline-train")]
 
 
+CLIP_LR = 3e-4
+
+
 def _base(model: str, steps: int, lr: float, visual_ld: float = 1.0, warmup: int = 50) -> TrainConfig:
     return TrainConfig(
         out_dir=f"runs/{model}", steps=steps, seed=0, precision="fp32", checkpoint_every=0, log_every=10,
@@ -48,7 +55,7 @@ def _base(model: str, steps: int, lr: float, visual_ld: float = 1.0, warmup: int
 @register("demo-teacher")
 def demo_teacher() -> TrainConfig:
     """Demo teacher: EVA02-style CLIP w128 L4 + frozen MiniLM text tower, from scratch."""
-    return _base("demo-teacher", steps=1000, lr=1e-3)
+    return _base("demo-teacher", steps=1000, lr=CLIP_LR)
 
 
 @register("demo-mim")
@@ -64,7 +71,7 @@ def demo_mim() -> TrainConfig:
 @register("demo-student")
 def demo_student() -> TrainConfig:
     """Demo student CLIP: w192 L4 from the MIM student + the teacher's text tower, layer decay 0.85."""
-    cfg = _base("demo-student", steps=350, lr=1e-3, visual_ld=0.85)
+    cfg = _base("demo-student", steps=350, lr=CLIP_LR, visual_ld=0.85)
     cfg.model.pretrained_image = "runs/demo-mim/final.safetensors"
     cfg.model.pretrained_text = "runs/demo-teacher/final.safetensors"
     cfg.model.skip_keys = list(WEAK_TO_STRONG_SKIP)
@@ -75,6 +82,6 @@ def demo_student() -> TrainConfig:
 @register("demo-control")
 def demo_control() -> TrainConfig:
     """Demo control: the student's w192 L4 CLIP from scratch (the demo matches its FLOPs to MIM + student)."""
-    cfg = _base("demo-student", steps=898, lr=1e-3)
+    cfg = _base("demo-student", steps=898, lr=CLIP_LR)
     cfg.model.patch_dropout = 0.5
     return cfg
