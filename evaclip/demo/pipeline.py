@@ -10,8 +10,10 @@ continues from its last checkpoint, so a killed demo resumes where it stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -205,6 +207,21 @@ def _count_parameters(weights: Path) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------------ demo
+@contextlib.contextmanager
+def _bars_off(off: bool):
+    """``--no-progress`` reaches every tqdm bar, the evaluator's included (tqdm reads TQDM_DISABLE)."""
+    saved = os.environ.get("TQDM_DISABLE")
+    if off:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
+
+
 def prepare_data(options: DemoOptions, prepare_options=None, fetch_fn: Callable | None = None) -> Path:
     """The offline data (built once, then cached) via :func:`evaclip.data.offline.prepare`."""
     from evaclip.data.offline import PrepareOptions, prepare
@@ -241,9 +258,10 @@ def run_demo(options: DemoOptions, prepare_options=None, fetch_fn: Callable | No
     started = time.perf_counter()
     data_dir = prepare_data(options, prepare_options, fetch_fn)
     records = []
-    for seed in options.seeds:
-        _say(f"[demo] ---- seed {seed} ----")
-        records.append(run_seed(seed, data_dir, out, budget, options.progress))
+    with _bars_off(not options.progress):
+        for seed in options.seeds:
+            _say(f"[demo] ---- seed {seed} ----")
+            records.append(run_seed(seed, data_dir, out, budget, options.progress))
     files = export_models(records[0], out)
     results = {
         "quick": options.quick, "budget": asdict(budget), "seeds": options.seeds,

@@ -23,7 +23,7 @@ def encode_image_batches(model, loader: Iterable, device: torch.device | str = "
     """Run ``model.encode_image`` over a loader of ``(images, labels)``; returns float32 features on the CPU
     (L2-normalised unless ``normalize=False``) and the labels, both in loader order."""
     feats, labels = [], []
-    for images, target in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for images, target in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):  # bars only on a terminal
         with autocast(device, amp):
             f = model.encode_image(images.to(device))
         f = f.float()

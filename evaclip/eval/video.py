@@ -94,7 +94,7 @@ def load_video_folder(root: str | Path, transform: Transform, dataset: str | Non
 def encode_videos(model, loader, device="cpu", amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of the L2-normalised frame embeddings of each video [N, D] (not renormalised), and labels."""
     feats, labels = [], []
-    for frames, target in tqdm(loader, desc="videos", leave=False, dynamic_ncols=True):
+    for frames, target in tqdm(loader, desc="videos", leave=False, dynamic_ncols=True, disable=None):
         b, f = frames.shape[:2]
         with autocast(device, amp):
             emb = model.encode_image(frames.flatten(0, 1).to(device))
