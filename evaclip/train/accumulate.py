@@ -62,7 +62,7 @@ def cached_feature_step(model: nn.Module, loss_fn: Callable, images: torch.Tenso
     img = torch.cat(img_feats).requires_grad_()
     txt = torch.cat(txt_feats).requires_grad_()
     scale = scale.detach().float().requires_grad_()
-    loss = loss_hook(loss_fn(img, txt, scale))
+    loss = loss_hook(loss_fn(img, txt, scale, tokens))
     loss.backward()
     sizes = [f.shape[0] for f in img_feats]
     g_img, g_txt = img.grad.split(sizes), txt.grad.split(sizes)

@@ -63,6 +63,10 @@ class LossSection:
     kind: str = "clip"  # clip (InfoNCE over the global batch) or siglip
     local_loss: bool = True
     gather_with_grad: bool = True
+    # Pairs whose captions are identical are not negatives of each other: with few unique captions (the
+    # demo's emoji sets share names across styles) they would push apart images the text cannot separate.
+    # Off in the paper's recipe (web captions rarely repeat within a batch).
+    mask_duplicate_texts: bool = False
 
 
 @dataclass

@@ -60,6 +60,39 @@ def gather_features(features: torch.Tensor, *, with_grad: bool, world_size: int,
     return torch.cat(parts, dim=0)
 
 
+_HASH_WEIGHTS: dict[int, torch.Tensor] = {}
+
+
+def caption_ids(tokens: torch.Tensor) -> torch.Tensor:
+    """One int64 id per caption, equal for equal token rows and the same on every rank.
+
+    A fixed random linear hash (weights below 2**38, token ids below 2**17, at most 2**7 positions: no
+    overflow); unequal rows collide with probability about 2**-38, far below anything a loss would notice.
+    """
+    if tokens.ndim != 2:
+        raise ConfigError(f"tokens must be [batch, context_length], got shape {tuple(tokens.shape)}")
+    length = tokens.shape[1]
+    if length not in _HASH_WEIGHTS:
+        g = torch.Generator().manual_seed(0x5EED + length)
+        _HASH_WEIGHTS[length] = torch.randint(1, 2**38, (length,), generator=g, dtype=torch.int64)
+    return (tokens.long() * _HASH_WEIGHTS[length].to(tokens.device)).sum(dim=1)
+
+
+def _gather_ids(ids: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size == 1:
+        return ids
+    parts = [torch.empty_like(ids) for _ in range(world_size)]
+    dist.all_gather(parts, ids.contiguous())
+    return torch.cat(parts)
+
+
+def _duplicate_mask(row_ids: torch.Tensor, col_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """True where row i and column j carry the same caption but are different pairs (not the positive)."""
+    same = row_ids[:, None] == col_ids[None, :]
+    same[torch.arange(len(labels), device=labels.device), labels] = False
+    return same
+
+
 def _check_pair(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
     if image_features.ndim != 2 or image_features.shape != text_features.shape:
         raise ConfigError(
@@ -78,17 +111,23 @@ class ClipLoss(nn.Module):
     ranks' logits is silently lost.
     Both gathers give the same gradients (see the module docstring); the differentiable one is cheaper with
     ``local_loss=True`` and is the default.
+
+    ``mask_duplicate_texts=True``: a pair whose caption equals the positive's is left out of the softmax (its
+    logit is set to -inf) instead of counting as a negative; ``forward`` then needs the batch's ``tokens``.
     """
 
-    def __init__(self, local_loss: bool = True, gather_with_grad: bool = True) -> None:
+    def __init__(self, local_loss: bool = True, gather_with_grad: bool = True,
+                 mask_duplicate_texts: bool = False) -> None:
         super().__init__()
         if local_loss and not gather_with_grad:
             raise ConfigError("ClipLoss(local_loss=True) needs gather_with_grad=True for correct gradients")
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
+        self.mask_duplicate_texts = mask_duplicate_texts
 
     def logits(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
+        tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(logits_per_image, logits_per_text, labels)`` for this rank."""
         _check_pair(image_features, text_features)
@@ -96,21 +135,35 @@ class ClipLoss(nn.Module):
         b = image_features.shape[0]
         all_img = gather_features(image_features, with_grad=self.gather_with_grad, world_size=world_size, rank=rank)
         all_txt = gather_features(text_features, with_grad=self.gather_with_grad, world_size=world_size, rank=rank)
+        mask = None
+        if self.mask_duplicate_texts:
+            if tokens is None or tokens.shape[0] != b:
+                raise ConfigError("ClipLoss(mask_duplicate_texts=True) needs the batch's tokens, one row per pair")
+            all_ids = _gather_ids(caption_ids(tokens), world_size)
         if self.local_loss:
             logits_per_image = logit_scale * image_features @ all_txt.T
             logits_per_text = logit_scale * text_features @ all_img.T
             labels = torch.arange(b, device=image_features.device) + b * rank
+            if self.mask_duplicate_texts:
+                mask = _duplicate_mask(all_ids[labels], all_ids, labels)
+                logits_per_image = logits_per_image.masked_fill(mask, float("-inf"))
+                logits_per_text = logits_per_text.masked_fill(mask, float("-inf"))
         else:
             logits_per_image = logit_scale * all_img @ all_txt.T
-            logits_per_text = logits_per_image.T
             labels = torch.arange(b * world_size, device=image_features.device)
+            if self.mask_duplicate_texts:
+                mask = _duplicate_mask(all_ids, all_ids, labels)
+                logits_per_image = logits_per_image.masked_fill(mask, float("-inf"))
+            logits_per_text = logits_per_image.T
         return logits_per_image, logits_per_text, labels
 
     def forward(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
+        tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Loss for this rank; ``logit_scale`` is the multiplier itself (``exp`` of the parameter)."""
-        logits_per_image, logits_per_text, labels = self.logits(image_features, text_features, logit_scale)
+        logits_per_image, logits_per_text, labels = self.logits(image_features, text_features, logit_scale,
+                                                                tokens)
         # Cross entropy in fp32 even under autocast: the log-sum-exp over a large global batch needs it.
         return (
             F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)

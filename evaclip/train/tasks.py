@@ -79,7 +79,8 @@ class ClipTask:
         from evaclip.train.loss import ClipLoss, SigLipLoss
         if self.cfg.loss.kind == "siglip":
             return SigLipLoss()
-        return ClipLoss(local_loss=self.cfg.loss.local_loss, gather_with_grad=self.cfg.loss.gather_with_grad)
+        return ClipLoss(local_loss=self.cfg.loss.local_loss, gather_with_grad=self.cfg.loss.gather_with_grad,
+                        mask_duplicate_texts=self.cfg.loss.mask_duplicate_texts)
 
     def loss(self, model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, tokens: torch.Tensor
              ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -87,7 +88,7 @@ class ClipTask:
         if self.cfg.loss.kind == "siglip":
             loss = loss_fn(image_features, text_features, scale, _unwrap(model).logit_bias)
         else:
-            loss = loss_fn(image_features, text_features, scale)
+            loss = loss_fn(image_features, text_features, scale, tokens)
         return loss, {"logit_scale": scale}
 
     def after_step(self, model: nn.Module) -> None:

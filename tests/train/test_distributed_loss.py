@@ -36,6 +36,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
         "txt_proj": torch.randn(d_in, d, generator=g, dtype=torch.float64),
         "logit_scale": torch.tensor([1.7], dtype=torch.float64),
         "logit_bias": torch.tensor([-2.0], dtype=torch.float64),
+        # captions of pairs 0 and 4 (different ranks) and of pairs 1 and 2 (rank 0) are identical
+        "tokens": torch.tensor([[7, 1, 0], [8, 2, 0], [8, 2, 0], [9, 3, 3], [7, 1, 0], [5, 5, 0]]),
     }
     torch.save(data, tmp / "batch.pt")
     _load("torchrun").run_torchrun(WORKERS / "dist_loss_worker.py", str(tmp / "batch.pt"), str(tmp), nproc=WORLD)
@@ -49,7 +51,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
         img, txt, scale, bias = model(data["x_img"], data["x_txt"])
         img.retain_grad()
         txt.retain_grad()
-        loss = make_loss()(img, txt, scale, bias) if name == "siglip" else make_loss()(img, txt, scale)
+        loss = worker.compute_loss(name, make_loss(), img, txt, scale, bias, data["tokens"])
         loss.backward()
         ref = {"loss": loss.detach(), "img_grad": img.grad, "txt_grad": txt.grad}
         ref.update({f"param.{n}": p.grad for n, p in model.named_parameters() if p.grad is not None})
@@ -57,7 +59,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
     return reference, [r["results"] for r in ranks]
 
 
-@pytest.mark.parametrize("name", ["clip_local", "clip_global", "clip_global_nograd", "siglip"])
+@pytest.mark.parametrize("name", ["clip_local", "clip_global", "clip_global_nograd", "siglip", "clip_local_dedup",
+                                  "clip_global_dedup"])
 def test_two_ranks_match_one_process(runs, name: str) -> None:
     reference, ranks = runs
     ref = reference[name]
@@ -77,6 +80,12 @@ def test_two_ranks_match_one_process(runs, name: str) -> None:
     expected = {"param.img_proj", "param.txt_proj", "param.logit_scale"}
     expected |= {"param.logit_bias"} if name == "siglip" else set()
     assert {k for k in ref if k.startswith("param.")} == expected
+
+
+def test_the_batch_has_duplicates_that_change_the_loss(runs) -> None:
+    # Guards the dedup cases: the masking is not a no-op on this batch.
+    reference, _ = runs
+    assert not torch.allclose(reference["clip_local_dedup"]["loss"], reference["clip_local"]["loss"])
 
 
 def test_local_losses_differ_between_ranks(runs) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evaclip.errors import ConfigError
-from evaclip.train.loss import ClipLoss, SigLipLoss, clamp_logit_scale_
+from evaclip.train.loss import ClipLoss, SigLipLoss, caption_ids, clamp_logit_scale_
 
 
 def naive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -17,6 +17,19 @@ def naive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -
         row_i2t = torch.stack([scale * torch.dot(img[i], txt[j]) for j in range(n)])
         row_t2i = torch.stack([scale * torch.dot(txt[i], img[j]) for j in range(n)])
         total = total - (row_i2t[i] - torch.logsumexp(row_i2t, 0)) - (row_t2i[i] - torch.logsumexp(row_t2i, 0))
+    return total / (2 * n)
+
+
+def naive_dedup_clip_loss(img, txt, scale, captions: list[str]) -> torch.Tensor:
+    """InfoNCE where, for pair i, every other pair with caption i's text is dropped from both softmaxes."""
+    n = img.shape[0]
+    total = img.new_zeros(())
+    for i in range(n):
+        keep = [j for j in range(n) if j == i or captions[j] != captions[i]]
+        row_i2t = torch.stack([scale * torch.dot(img[i], txt[j]) for j in keep])
+        row_t2i = torch.stack([scale * torch.dot(txt[i], img[j]) for j in keep])
+        pos = keep.index(i)
+        total = total - (row_i2t[pos] - torch.logsumexp(row_i2t, 0)) - (row_t2i[pos] - torch.logsumexp(row_t2i, 0))
     return total / (2 * n)
 
 
@@ -120,3 +133,50 @@ def test_losses_under_bf16_autocast_on_cuda() -> None:
         assert clip.dtype == torch.float32 and sig.dtype == torch.float32
         results.append((clip.item(), sig.item()))
     assert results[1] == pytest.approx(results[0], rel=3e-2)
+
+
+CAPTIONS = ["a cat", "a dog", "a cat", "the sun", "a dog", "a cat"]  # pairs 0/2/5 and 1/4 share captions
+
+
+def _tokens(captions: list[str]) -> torch.Tensor:
+    from evaclip.tokenizer import tokenize
+    return tokenize(captions, context_length=16)
+
+
+@pytest.mark.parametrize("local_loss,gather_with_grad", [(True, True), (False, True), (False, False)])
+def test_duplicate_captions_are_dropped_from_the_softmax(local_loss: bool, gather_with_grad: bool) -> None:
+    img, txt = _features()
+    scale = torch.tensor(7.0, dtype=torch.float64)
+    leaves = [img.clone().requires_grad_(), txt.clone().requires_grad_(), scale.clone().requires_grad_()]
+    refs = [img.clone().requires_grad_(), txt.clone().requires_grad_(), scale.clone().requires_grad_()]
+    loss_fn = ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, mask_duplicate_texts=True)
+    loss = loss_fn(*leaves, _tokens(CAPTIONS))
+    ref = naive_dedup_clip_loss(*refs, CAPTIONS)
+    torch.testing.assert_close(loss.double(), ref)
+    loss.backward()
+    ref.backward()
+    for a, b in zip(leaves, refs):
+        torch.testing.assert_close(a.grad, b.grad)
+    # Guards the test: the masking changes the loss here, and is a no-op when every caption is unique.
+    assert not torch.allclose(loss.detach(), ClipLoss()(img, txt, scale))
+    unique = [f"caption {i}" for i in range(len(CAPTIONS))]
+    torch.testing.assert_close(loss_fn(img, txt, scale, _tokens(unique)), ClipLoss()(img, txt, scale))
+
+
+def test_caption_ids_are_equal_exactly_for_equal_token_rows() -> None:
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 49408, (500, 77), generator=g)
+    rows[250:] = rows[:250]  # every row twice
+    ids = caption_ids(rows)
+    assert ids.dtype == torch.int64
+    same_ids = ids[:, None] == ids[None, :]
+    same_rows = (rows[:, None, :] == rows[None, :, :]).all(-1)
+    assert torch.equal(same_ids, same_rows)
+
+
+def test_duplicate_masking_needs_the_tokens() -> None:
+    img, txt = _features()
+    with pytest.raises(ConfigError, match="needs the batch's tokens"):
+        ClipLoss(mask_duplicate_texts=True)(img, txt, 7.0)
+    with pytest.raises(ConfigError, match="needs the batch's tokens"):
+        ClipLoss(mask_duplicate_texts=True)(img, txt, 7.0, _tokens(CAPTIONS[:3]))

@@ -36,7 +36,18 @@ LOSSES = {
     "clip_global": lambda: ClipLoss(local_loss=False, gather_with_grad=True),
     "clip_global_nograd": lambda: ClipLoss(local_loss=False, gather_with_grad=False),
     "siglip": lambda: SigLipLoss(),
+    # Some captions repeat, within a rank and across ranks: those pairs leave each other's softmax.
+    "clip_local_dedup": lambda: ClipLoss(local_loss=True, gather_with_grad=True, mask_duplicate_texts=True),
+    "clip_global_dedup": lambda: ClipLoss(local_loss=False, gather_with_grad=True, mask_duplicate_texts=True),
 }
+
+
+def compute_loss(name: str, loss_fn, img, txt, scale, bias, tokens):
+    if name == "siglip":
+        return loss_fn(img, txt, scale, bias)
+    if name.endswith("_dedup"):
+        return loss_fn(img, txt, scale, tokens)
+    return loss_fn(img, txt, scale)
 
 
 def main(batch_path: str, out_dir: str) -> None:
@@ -51,7 +62,7 @@ def main(batch_path: str, out_dir: str) -> None:
         img.retain_grad()
         txt.retain_grad()
         loss_fn = make_loss()
-        loss = loss_fn(img, txt, scale, bias) if name == "siglip" else loss_fn(img, txt, scale)
+        loss = compute_loss(name, loss_fn, img, txt, scale, bias, data["tokens"][rows])
         loss.backward()
         out = {"loss": loss.detach(), "loss_mean": all_reduce_mean(loss), "img_grad": img.grad, "txt_grad": txt.grad}
         for pname, p in model.module.named_parameters():
