@@ -7,9 +7,12 @@ degrades to a no-op when the process runs alone, so the same training code serve
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -83,6 +86,28 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def under_launcher() -> bool:
+    """True in a process that torchrun (torch.distributed.elastic) started."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_WORLD_SIZE" in os.environ
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End a finished torchrun worker with ``code``, skipping interpreter finalization.
+
+    By then the run has written everything and left the process group, but gloo's threads may still hold
+    work objects that reference Python; freeing them while the interpreter shuts down aborts the process
+    ("terminate called without an active exception", SIGABRT), and torchrun then reports a successful run
+    as failed (PyTorch #179291). Logs and standard streams are flushed first.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def get_rank() -> int:

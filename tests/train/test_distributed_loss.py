@@ -140,3 +140,20 @@ def test_collective_timeout_comes_from_the_environment(monkeypatch: pytest.Monke
     monkeypatch.setenv("EVACLIP_DIST_TIMEOUT_S", "-5")
     with pytest.raises(ConfigError, match="EVACLIP_DIST_TIMEOUT_S"):
         d.init_distributed(backend="gloo")
+
+
+def test_exit_worker_flushes_and_keeps_the_exit_code(tmp_path) -> None:
+    """A finished torchrun worker leaves with os._exit, yet nothing it printed or logged is lost."""
+    import subprocess
+    import sys
+    code = ("import logging, sys\n"
+            "from evaclip.train.distributed import exit_worker\n"
+            f"logging.basicConfig(filename={str(tmp_path / 'log.txt')!r}, level=logging.INFO)\n"
+            "logging.getLogger('w').info('logged line')\n"
+            "sys.stdout.write('printed line')\n"
+            "exit_worker(3)\n"
+            "print('never')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "printed line"
+    assert "logged line" in (tmp_path / "log.txt").read_text()

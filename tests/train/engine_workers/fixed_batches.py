@@ -12,7 +12,7 @@ from evaclip.train.config import TrainConfig, ModelSection, ScheduleSection
 from evaclip.data.config import DataConfig, DataSource
 from evaclip.train.optim import OptimConfig
 from evaclip.train.trainer import Trainer
-from evaclip.train.distributed import init_distributed
+from evaclip.train.distributed import exit_worker, init_distributed, under_launcher
 
 GLOBAL_BATCH = 8
 
@@ -74,3 +74,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    if under_launcher():
+        exit_worker(0)  # no interpreter teardown with gloo threads alive (see evaclip.train.distributed)

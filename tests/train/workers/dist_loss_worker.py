@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from evaclip.train.distributed import all_reduce_mean, barrier, destroy, init_distributed
+from evaclip.train.distributed import all_reduce_mean, barrier, destroy, exit_worker, init_distributed
 from evaclip.train.loss import ClipLoss, SigLipLoss
 
 
@@ -79,3 +79,4 @@ def main(batch_path: str, out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    exit_worker(0)  # no interpreter teardown with gloo threads alive (see evaclip.train.distributed)

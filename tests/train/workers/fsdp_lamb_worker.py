@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
-from evaclip.train.distributed import destroy, get_rank, get_world_size, init_distributed
+from evaclip.train.distributed import destroy, exit_worker, get_rank, get_world_size, init_distributed
 from evaclip.train.optim import Lamb
 
 
@@ -52,3 +52,4 @@ def main(out_path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    exit_worker(0)  # no interpreter teardown with gloo threads alive (see evaclip.train.distributed)
