@@ -66,8 +66,8 @@ _HASH_WEIGHTS: dict[int, torch.Tensor] = {}
 def caption_ids(tokens: torch.Tensor) -> torch.Tensor:
     """One int64 id per caption, equal for equal token rows and the same on every rank.
 
-    A fixed random linear hash (weights below 2**38, token ids below 2**17, at most 2**7 positions: no
-    overflow); unequal rows collide with probability about 2**-38, far below anything a loss would notice.
+    A fixed random linear hash modulo 2**64 (int64 arithmetic wraps, which keeps it deterministic): equal
+    rows always agree; unequal rows collide with probability about 2**-38, far below anything a loss notices.
     """
     if tokens.ndim != 2:
         raise ConfigError(f"tokens must be [batch, context_length], got shape {tuple(tokens.shape)}")
@@ -135,7 +135,6 @@ class ClipLoss(nn.Module):
         b = image_features.shape[0]
         all_img = gather_features(image_features, with_grad=self.gather_with_grad, world_size=world_size, rank=rank)
         all_txt = gather_features(text_features, with_grad=self.gather_with_grad, world_size=world_size, rank=rank)
-        mask = None
         if self.mask_duplicate_texts:
             if tokens is None or tokens.shape[0] != b:
                 raise ConfigError("ClipLoss(mask_duplicate_texts=True) needs the batch's tokens, one row per pair")
