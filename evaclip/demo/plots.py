@@ -65,31 +65,29 @@ def plot_curves(out: Path, seeds: list[int], clip_path: Path, mim_path: Path) ->
             if rows:
                 ax.plot([(r["step"] + 1) * batch for r in rows], [r["loss"] for r in rows], color=COLORS[m],
                         alpha=0.8, lw=1, label=m if i == 0 else None)
-    ax.set_xlabel("training pairs seen")
-    ax.set_ylabel("contrastive loss")
-    ax.set_title("CLIP training")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(clip_path, dpi=110)
-    plt.close(fig)
-    written.append(clip_path)
+    written.append(_save_line_plot(plt, fig, ax, clip_path, "training pairs seen", "contrastive loss", "CLIP training"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for seed in seeds:
         rows = _read_metrics(out / "runs" / f"seed{seed}" / "mim" / "metrics.jsonl")
         if rows:
             ax.plot([r["step"] + 1 for r in rows], [r["loss"] for r in rows], lw=1, label=f"seed {seed}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("MIM loss (negative cosine)")
-    ax.set_title("MIM student distilled from the teacher")
+    written.append(_save_line_plot(plt, fig, ax, mim_path, "step", "MIM loss (negative cosine)",
+                                   "MIM student distilled from the teacher"))
+    return written
+
+
+def _save_line_plot(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, grid and legend a curve plot, write it to ``path`` and free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(mim_path, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    written.append(mim_path)
-    return written
+    return path
 
 
 def _batch(stage_dir: Path) -> int:

@@ -133,7 +133,7 @@ def write_report(results: dict[str, Any], path: Path, plots: list[str]) -> Path:
         "",
         "- A w256 L6 student distilled for ~50 MIM steps from a w128 L4 teacher scored below both its teacher "
         "and a from-scratch control: too little MIM compute, a large scale-up on tiny data. Hence a smaller "
-        "scale-up (w128 -> w192), 250 MIM steps (loss flat by then), the teacher's class token in the MIM "
+        "scale-up (w128 -> w192), 250 MIM steps (the loss is still falling slowly by then: about -1.55), the teacher's class token in the MIM "
         "target, patch dropout 0.5 on the larger CLIPs, and a control matched on trained FLOPs.",
         "- The first recipe trained every contrastive stage at lr 1e-3 (3 seeds, Tux Paint / Noto top-1: "
         "teacher 12.3 ± 2.3 / 22.8 ± 0.1, student 12.4 ± 0.8 / 23.6 ± 2.5, control 13.5 ± 1.0 / 19.5 ± 2.4). "
