@@ -50,6 +50,9 @@ class DataConfig:
     timeout_s: float = 0.0       # DataLoader timeout per batch (0 = wait forever)
     prefetch_factor: int = 2
     pin_memory: bool = False     # page-locked batches for faster host-to-GPU copies
+    # Area fraction of the training RandomResizedCrop (EVA-CLIP trains with (0.9, 1.0)); lower = stronger
+    # augmentation. MIM keeps its own (0.2, 1.0).
+    crop_scale: tuple[float, float] = (0.9, 1.0)
 
     def validate(self) -> None:
         """Raise ConfigError for impossible values (before any worker starts).
@@ -80,6 +83,10 @@ class DataConfig:
             raise ConfigError(f"data.samples_per_epoch must be a positive integer or None, got {epoch!r}")
         if self.timeout_s < 0:
             raise ConfigError(f"data.timeout_s must be >= 0, got {self.timeout_s!r}")
+        lo_hi = tuple(self.crop_scale) if isinstance(self.crop_scale, (list, tuple)) else ()
+        if len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi) or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+            raise ConfigError(f"data.crop_scale must be two numbers 0 < low <= high <= 1, got {self.crop_scale!r}")
+        self.crop_scale = (float(lo_hi[0]), float(lo_hi[1]))
 
 
 def parse_sources(spec: str, weights: str | list[float] | None = None) -> list[DataSource]:

@@ -140,7 +140,8 @@ class Trainer:
         from evaclip.transforms import image_transform
         self.cfg.data.context_length = getattr(self.task.tokenizer(), "context_length", self.cfg.data.context_length)
         make = getattr(self.task, "train_transform", None)
-        transform = make() if make else image_transform(self.task.image_size, is_train=True)
+        transform = make() if make else image_transform(self.task.image_size, is_train=True,
+                                                          scale=self.cfg.data.crop_scale)
         return make_loader(self.cfg.data, self.dist.rank, self.dist.world_size, transform=transform,
                            tokenizer=self.task.tokenizer())
 

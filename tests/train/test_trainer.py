@@ -144,3 +144,25 @@ def test_feature_cached_accumulation_equals_the_full_batch_step(tmp_path, chunks
     fresh = evaclip.create_model("evaclip-tiny-18b")
     assert not torch.equal(fresh.state_dict()["visual.blocks.0.attn.qkv.weight"],
                            results[1][1]["visual.blocks.0.attn.qkv.weight"])
+
+
+def test_crop_scale_reaches_the_train_transform(tmp_path, monkeypatch):
+    import evaclip.transforms as transforms
+    seen = []
+    real = transforms.image_transform
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs.get("is_train"), kwargs.get("scale")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transforms, "image_transform", recording)
+    train(_tiny(tmp_path, "steps=2", "schedule.warmup_steps=0", "checkpoint_every=0", "data.crop_scale=0.3,0.6"))
+    assert (True, (0.3, 0.6)) in seen
+
+
+@pytest.mark.parametrize("bad", ["0,1", "0.8,0.5", "0.5,1.5", "0.5"])
+def test_impossible_crop_scale_is_refused_before_training(tmp_path, bad):
+    from evaclip.errors import ConfigError
+    with pytest.raises(ConfigError, match="crop_scale"):
+        train(_tiny(tmp_path / "run", "steps=2", "schedule.warmup_steps=0", f"data.crop_scale={bad}"))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
