@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evaclip.errors import ConfigError
+from evaclip.train.recipes.demo import MIM_STEPS, STUDENT_STEPS, TEACHER_STEPS
 
 STAGES = ("teacher", "mim", "student", "control")
 MODELS = ("teacher", "student", "control")
@@ -31,9 +32,9 @@ class Budget:
     """Step budgets (not wall time: the same numbers on any machine give the same result)."""
 
     batch_size: int = 128
-    teacher_steps: int = 1000
-    mim_steps: int = 250
-    student_steps: int = 350
+    teacher_steps: int = TEACHER_STEPS
+    mim_steps: int = MIM_STEPS
+    student_steps: int = STUDENT_STEPS
     warmup_steps: int = 50
     patch_dropout: float = 0.5  # on the student and control CLIPs (the paper's 0.5)
     checkpoint_every: int = 100  # lets a killed demo continue inside a stage
