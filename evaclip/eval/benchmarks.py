@@ -109,6 +109,10 @@ PAPER_COUNT_NOTES = {
 }
 
 
+# Benchmarks that are another's images scored another way: they share its class names and templates.
+SAME_CLASSES = {"voc2007_multilabel": "voc2007"}
+
+
 @lru_cache(maxsize=None)
 def _load(name: str):
     with open(DATA_DIR / name, encoding="utf-8") as f:
@@ -134,6 +138,7 @@ def canonical_name(dataset: str) -> str:
 def default_classnames(dataset: str) -> list[str]:
     """The shipped class names of a benchmark, in label order (ImageNet-A/R: their 200-class subsets)."""
     name = canonical_name(dataset)
+    name = SAME_CLASSES.get(name, name)
     subsets = _load("imagenet_subsets.json")
     names = _load("classnames.json")
     if name in subsets:
@@ -155,6 +160,7 @@ def default_templates(dataset: str) -> list[str]:
     """The shipped prompt templates (``{c}`` = class name); ImageNet's 80 for sets without their own,
     as CLIP_benchmark does."""
     name = canonical_name(dataset)
+    name = SAME_CLASSES.get(name, name)
     templates = _load("templates.json")
     if name in templates:
         return list(templates[name])

@@ -12,6 +12,8 @@ Layouts, detected from a path by :func:`detect_layout`:
   folders present in ImageNet order (ImageNet-A/R: their 200-class subsets).
 * ``objectnet``: ObjectNet 1.0 as distributed (``images/<folder>/`` and ``mappings/*.json``, at ROOT or
   ``ROOT/objectnet-1.0``); as in CLIP_benchmark, the 113 classes that map to ImageNet, named by ObjectNet.
+* ``voc_devkit``: PASCAL VOC2007 as distributed (``JPEGImages/`` + ``ImageSets/Main/<class>_<split>.txt``, at
+  ROOT, ``ROOT/VOC2007`` or ``ROOT/VOCdevkit/VOC2007``), multi-label (read by :mod:`evaclip.eval.voc`).
 * ``image_folder``: ``ROOT/<class name>/<image>``, optional ``classnames.txt`` / ``templates.txt``.
 
 A ``ROOT/<split>/`` folder in any of these layouts is used in place of ``ROOT``.
@@ -36,7 +38,7 @@ from evaclip.eval import benchmarks
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 LAYOUTS_HELP = ("a folder of class folders (ROOT/<class>/<image>), a classification CSV (header image,label) "
                 "with classnames.txt, ROOT/captions.csv (header image,caption), ImageNet synset folders, "
-                "ObjectNet 1.0 (images/ + mappings/), or "
+                "ObjectNet 1.0 (images/ + mappings/), the VOC2007 devkit (JPEGImages/ + ImageSets/Main/), or "
                 "CLIP_benchmark's webdataset layout (ROOT/<split>/nshards.txt + {i}.tar)")
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -52,6 +54,7 @@ class ClassificationData:
     templates: list[str] | None
     layout: str
     labels: list[int] = field(default_factory=list)
+    multilabel_targets: torch.Tensor | None = None  # [N, C] (1 / 0 / -1 ignored) for multi-label sets
 
 
 @dataclass
@@ -149,6 +152,8 @@ def detect_layout(root: str | Path) -> str:
         return "captions_csv"
     if _objectnet_root(root) is not None:
         return "objectnet"
+    if voc_root(root) is not None:  # before image folders: JPEGImages/ would look like one class
+        return "voc_devkit"
     csvs = [p for p in sorted(root.glob("*.csv")) if _csv_header(p)[:2] == ["image", "label"]]
     if len(csvs) == 1:
         return "classification_csv"
@@ -164,6 +169,14 @@ def detect_layout(root: str | Path) -> str:
 def _objectnet_root(root: Path) -> Path | None:
     for base in (root, root / "objectnet-1.0"):
         if (base / "mappings" / "folder_to_objectnet_label.json").exists() and (base / "images").is_dir():
+            return base
+    return None
+
+
+def voc_root(root: Path) -> Path | None:
+    """The VOC2007 devkit folder at or under ``root`` (JPEGImages/ + ImageSets/Main/), else None."""
+    for base in (root, root / "VOC2007", root / "VOCdevkit" / "VOC2007"):
+        if (base / "JPEGImages").is_dir() and (base / "ImageSets" / "Main").is_dir():
             return base
     return None
 
@@ -337,6 +350,9 @@ def load_classification(path: str | Path, transform: Transform, dataset: str | N
         return _load_imagenet_folders(root, transform, dataset)
     if layout == "objectnet":
         return _load_objectnet(root, transform)
+    if layout == "voc_devkit":
+        from evaclip.eval.voc import load_voc
+        return load_voc(root, transform, split)
     if layout == "image_folder":
         return _load_image_folder(root, transform, dataset)
     raise DatasetError(f"{root} is a {layout} dataset, not a classification dataset; expected {LAYOUTS_HELP}")

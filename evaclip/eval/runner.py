@@ -116,6 +116,9 @@ def run_task(model, tokenizer, task: str, name: str, path: Path, transform: Tran
     if task == "linear_probe":
         def features(split: str):
             data = load_classification(path, transform, dataset=name, split=split)
+            if data.multilabel_targets is not None:
+                raise ConfigError(f"{path} is a multi-label dataset ({data.layout}); the linear probe fits "
+                                  f"single-label classifiers, so evaluate it with --task zeroshot_classification")
             cache = (Path(opts.feature_cache) / f"{name}_{split}_{cache_tag}.pt"
                      if opts.feature_cache else None)
             loader = make_loader(data.dataset, opts.batch_size, opts.workers)
@@ -134,6 +137,8 @@ def headline(task: str, metrics: dict[str, float]) -> float:
         return mean_recall(metrics)
     if task == "video_classification":
         return metrics.get("score", float("nan"))
+    if "acc1" not in metrics and "mean_average_precision" in metrics:  # multi-label sets (VOC2007)
+        return metrics["mean_average_precision"]
     return metrics.get("acc1", float("nan"))
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from evaclip.errors import ConfigError
 from evaclip.eval.features import encode_image_batches, encode_texts
-from evaclip.eval.metrics import classification_metrics
+from evaclip.eval.metrics import classification_metrics, multilabel_metrics
 
 Templates = Sequence[str] | Mapping[str, Sequence[str]]
 
@@ -61,10 +61,14 @@ def evaluate_zeroshot_classification(model, tokenizer, loader: Iterable, classna
                                      amp: bool = False, image_features: torch.Tensor | None = None,
                                      labels: torch.Tensor | None = None) -> dict[str, float]:
     """``acc1``, ``acc5`` (NaN below 5 classes) and ``mean_per_class_recall`` on a loader of
-    ``(images, labels)``; precomputed ``image_features``/``labels`` skip the image pass."""
+    ``(images, labels)``; precomputed ``image_features``/``labels`` skip the image pass. Multi-label sets
+    (labels [N, C] of 1 / 0 / -1 ignored, e.g. VOC2007) give ``mean_average_precision`` (+ the 11-point one)."""
     classifier = build_zeroshot_classifier(model, tokenizer, classnames, templates, device=device, amp=amp)
     if image_features is None:
         image_features, labels = encode_image_batches(model, loader, device=device, amp=amp)
     if image_features.shape[0] == 0:
         raise ConfigError("the dataset has no images to evaluate")
-    return classification_metrics(zeroshot_logits(image_features, classifier), labels)
+    logits = zeroshot_logits(image_features, classifier)
+    if labels.ndim == 2:
+        return multilabel_metrics(logits, labels)
+    return classification_metrics(logits, labels)

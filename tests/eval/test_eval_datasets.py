@@ -5,6 +5,7 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 
 from evaclip.errors import DatasetError
 from evaclip.eval.benchmarks import default_classnames, imagenet_wnids
@@ -226,3 +227,74 @@ def test_a_model_that_knows_colours_is_always_right_on_every_layout(tmp_path):
     m = evaluate_zeroshot_classification(model, tokenize, make_loader(data.dataset, 4), data.classnames[::-1],
                                          ["a {c} shape"])
     assert m["acc1"] < 0.5
+
+
+def write_voc(root, samples, extra_positive=(), difficult=(), split="test"):
+    """A VOC2007 devkit folder: JPEGImages/<id>.jpg and ImageSets/Main/<class>_test.txt (1 / -1 / 0 flags).
+    ``extra_positive`` / ``difficult``: (sample index, class index) pairs flagged 1 / 0 besides the own class."""
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    for i, (_, image) in enumerate(samples):
+        image.save(root / "JPEGImages" / f"{i:06d}.jpg", quality=95)
+    for c, name in enumerate(CLASSES):
+        lines = []
+        for i, (y, _) in enumerate(samples):
+            flag = 0 if (i, c) in difficult else 1 if y == c or (i, c) in extra_positive else -1
+            lines.append(f"{i:06d} {flag:2d}")
+        (root / "ImageSets" / "Main" / f"{name}_{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_voc_devkit_is_multilabel_with_difficult_ignored(tmp_path, toy_model):
+    from PIL import Image
+    from evaclip.eval.metrics import multilabel_metrics
+    samples = shapes(3, seed=7)
+    root = tmp_path / "VOCdevkit" / "VOC2007"
+    write_voc(root, samples, extra_positive={(0, 1), (4, 2)}, difficult={(1, 2), (7, 0)})
+    assert detect_layout(tmp_path) == detect_layout(root) == "voc_devkit"
+    data = load_classification(tmp_path, tiny_transform)
+    assert data.classnames == sorted(CLASSES)  # not VOC's 20 names: the devkit's own, sorted
+    expected = np.full((len(samples), 3), 0)
+    for i, (y, _) in enumerate(samples):
+        expected[i, data.classnames.index(CLASSES[y])] = 1
+    expected[0, data.classnames.index("green")] = expected[4, data.classnames.index("blue")] = 1
+    expected[1, data.classnames.index("blue")] = expected[7, data.classnames.index("red")] = -1
+    assert (data.multilabel_targets.numpy() == expected).all()
+    loader = make_loader(data.dataset, batch_size=4, workers=0)
+    metrics = evaluate_zeroshot_classification(toy_model, tokenize, loader, data.classnames, TEMPLATES)
+    reread = [(y, Image.open(root / "JPEGImages" / f"{i:06d}.jpg")) for i, (y, _) in enumerate(samples)]
+    logits, _ = numpy_metrics(toy_model, reread, data.classnames, TEMPLATES)
+    ref = multilabel_metrics(torch.tensor(logits), torch.tensor(expected))
+    assert set(metrics) == {"mean_average_precision", "mean_average_precision_11pt"}
+    for k in metrics:
+        assert metrics[k] == pytest.approx(ref[k], abs=1e-5)
+
+
+def test_voc_devkit_with_the_twenty_classes_takes_the_shipped_names_and_order(tmp_path):
+    shipped = default_classnames("voc2007")
+    main = tmp_path / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    (tmp_path / "JPEGImages").mkdir()
+    shapes(1)[0][1].save(tmp_path / "JPEGImages" / "000001.jpg")
+    for name in sorted(shipped):
+        (main / f"{name}_test.txt").write_text(f"000001 {1 if name == 'sofa' else -1}\n")
+    data = load_classification(tmp_path, tiny_transform)
+    assert data.classnames == shipped and data.classnames != sorted(shipped)
+    assert data.multilabel_targets[0].tolist() == [1 if n == "sofa" else 0 for n in shipped]
+
+
+def test_broken_voc_devkits_say_what_is_wrong(tmp_path):
+    samples = shapes(1)
+    write_voc(tmp_path / "a", samples)
+    with pytest.raises(DatasetError, match="no <class>_val.txt"):
+        load_classification(tmp_path / "a", tiny_transform, split="val")
+    (tmp_path / "a" / "ImageSets" / "Main" / "red_test.txt").write_text("000000 1\n000001 maybe\n")
+    with pytest.raises(DatasetError, match=r"red_test.txt:2: expected"):
+        load_classification(tmp_path / "a", tiny_transform)
+    write_voc(tmp_path / "b", samples)
+    (tmp_path / "b" / "ImageSets" / "Main" / "red_test.txt").write_text("000000 1\n")
+    with pytest.raises(DatasetError, match="other images"):
+        load_classification(tmp_path / "b", tiny_transform)
+    write_voc(tmp_path / "c", samples)
+    (tmp_path / "c" / "JPEGImages" / "000002.jpg").unlink()
+    with pytest.raises(DatasetError, match="1 of 3 images are missing"):
+        load_classification(tmp_path / "c", tiny_transform)

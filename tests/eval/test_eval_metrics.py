@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaclip.eval.metrics import (classification_metrics, mean_per_class_recall, mean_recall, retrieval_recall,
+from evaclip.eval.metrics import (average_precision, classification_metrics, mean_per_class_recall, mean_recall,
+                                  multilabel_metrics, retrieval_recall,
                                   topk_accuracy, video_score)
 
 
@@ -127,3 +128,60 @@ def test_mean_recall_and_video_score():
     assert mean_recall([0.1, 0.2, 0.6]) == pytest.approx(0.3)
     assert video_score(0.6, 0.8, "kinetics400") == pytest.approx(0.7)
     assert video_score(0.6, 0.8, "ucf101") == pytest.approx(0.6)
+
+
+# ---------------------------------------------------------------------------------- multi-label (VOC2007)
+def naive_ap(scores: np.ndarray, positive: np.ndarray, eleven_point: bool = False) -> float:
+    """AP of one class by brute force: precision and recall of 'score >= t' for every distinct t."""
+    points = []
+    for t in sorted(set(scores.tolist()), reverse=True):
+        predicted = scores >= t
+        points.append(((positive & predicted).sum() / predicted.sum(), (positive & predicted).sum() / positive.sum()))
+    if eleven_point:
+        return float(np.mean([max([p for p, r in points if r >= level - 1e-12], default=0.0)
+                              for level in np.linspace(0, 1, 11)]))
+    ap, previous_recall = 0.0, 0.0
+    for p, r in points:
+        ap += (r - previous_recall) * p
+        previous_recall = r
+    return float(ap)
+
+
+def test_average_precision_closed_forms():
+    scores = torch.tensor([[0.1], [0.4], [0.35], [0.8]])
+    targets = torch.tensor([[0], [0], [1], [1]])
+    assert average_precision(scores, targets).item() == pytest.approx(5 / 6)  # (1/2)(1) + (1/2)(2/3)
+    # 11-point: best precision 1 up to recall 0.5 (6 levels), 2/3 above (5 levels)
+    assert average_precision(scores, targets, eleven_point=True).item() == pytest.approx((6 + 5 * 2 / 3) / 11)
+    perfect = average_precision(torch.tensor([[3.0], [2.0], [1.0]]), torch.tensor([[1], [1], [0]]))
+    assert perfect.item() == 1.0
+    # all scores tied: one threshold, precision = the positive rate
+    assert average_precision(torch.zeros(5, 1), torch.tensor([[1], [0], [0], [1], [0]])).item() == pytest.approx(0.4)
+    # a class without positives is NaN and left out of the mean
+    ap = average_precision(torch.rand(4, 2), torch.tensor([[1, 0], [0, 0], [1, 0], [0, 0]]))
+    assert not math.isnan(ap[0].item()) and math.isnan(ap[1].item())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_average_precision_matches_brute_force_with_ties_and_ignored(seed):
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=(60, 5)), 1)  # rounding makes ties
+    positive = rng.random((60, 5)) < 0.3
+    positive[0] = True
+    ignore = rng.random((60, 5)) < 0.15
+    ignore[0] = False
+    for eleven in (False, True):
+        ap = average_precision(torch.tensor(scores), torch.tensor(positive), torch.tensor(ignore), eleven_point=eleven)
+        for c in range(5):
+            keep = ~ignore[:, c]
+            assert ap[c].item() == pytest.approx(naive_ap(scores[keep, c], positive[keep, c], eleven), abs=1e-12)
+
+
+def test_multilabel_metrics_ignore_difficult_samples():
+    logits = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    # class 0: the top-scored sample is marked difficult (-1): without it the ranking is perfect
+    targets = torch.tensor([[-1, 0], [1, 0], [0, 1]])
+    m = multilabel_metrics(logits, targets)
+    assert m["mean_average_precision"] == pytest.approx(1.0)
+    counted = multilabel_metrics(logits, torch.tensor([[0, 0], [1, 0], [0, 1]]))  # now a negative ranks first
+    assert counted["mean_average_precision"] == pytest.approx((0.5 + 1.0) / 2)

@@ -37,3 +37,20 @@ def test_custom_classnames_and_templates_files(tmp_path):
 def test_unknown_transform_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown image transform"):
         evaluate(None, None, "zeroshot_classification", "x", None, lambda m: m, ["bogus"], EvalOptions())
+
+
+def test_voc2007_multilabel_through_the_runner(tmp_path, toy_model):
+    """Both transforms run, the better one is chosen by mAP, and the linear probe refuses a multi-label set."""
+    from eval_helpers import shapes, tiny_transform
+    from test_eval_datasets import write_voc
+    from evaclip.tokenizer import tokenize
+    write_voc(tmp_path / "voc", shapes(2, seed=1), extra_positive={(0, 2)})
+    write_voc(tmp_path / "voc", shapes(2, seed=1), split="train")
+    name, path = resolve_dataset("voc2007_multilabel", str(tmp_path / "voc"))
+    assert name == "voc2007_multilabel"
+    opts = EvalOptions(workers=0, templates_file=None)
+    metrics, extras = evaluate(toy_model, tokenize, "zeroshot_classification", name, path,
+                               lambda mode: tiny_transform, ["squash", "shortest"], opts)
+    assert 0 < metrics["mean_average_precision"] <= 1 and extras["transform"] in ("squash", "shortest")
+    with pytest.raises(ConfigError, match="multi-label"):
+        evaluate(toy_model, tokenize, "linear_probe", name, path, lambda mode: tiny_transform, ["shortest"], opts)
