@@ -10,6 +10,8 @@ Layouts, detected from a path by :func:`detect_layout`:
 * ``imagenet_folders``: class folders named by ImageNet synset (``n01440764``, ImageNet val / -A / -R /
   -Sketch) or by ImageNet class index (``0`` .. ``999``, ImageNet-V2); labels index the 1,000 classes, or the
   folders present in ImageNet order (ImageNet-A/R: their 200-class subsets).
+* ``imagenet_solution_csv``: ImageNet's flat val folder with Kaggle's ``LOC_val_solution.csv`` (images in
+  ``ILSVRC/Data/CLS-LOC/val/`` or beside the CSV). A classification CSV may also give synsets as labels.
 * ``objectnet``: ObjectNet 1.0 as distributed (``images/<folder>/`` and ``mappings/*.json``, at ROOT or
   ``ROOT/objectnet-1.0``); as in CLIP_benchmark, the 113 classes that map to ImageNet, named by ObjectNet.
 * ``voc_devkit``: PASCAL VOC2007 as distributed (``JPEGImages/`` + ``ImageSets/Main/<class>_<split>.txt``, at
@@ -37,9 +39,10 @@ from evaclip.eval import benchmarks
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 LAYOUTS_HELP = ("a folder of class folders (ROOT/<class>/<image>), a classification CSV (header image,label) "
-                "with classnames.txt, ROOT/captions.csv (header image,caption), ImageNet synset folders, "
-                "ObjectNet 1.0 (images/ + mappings/), the VOC2007 devkit (JPEGImages/ + ImageSets/Main/), or "
-                "CLIP_benchmark's webdataset layout (ROOT/<split>/nshards.txt + {i}.tar)")
+                "with classnames.txt, ROOT/captions.csv (header image,caption), ImageNet synset folders or "
+                "ImageNet's flat val folder with LOC_val_solution.csv, ObjectNet 1.0 (images/ + mappings/), "
+                "the VOC2007 devkit (JPEGImages/ + ImageSets/Main/), or CLIP_benchmark's webdataset layout "
+                "(ROOT/<split>/nshards.txt + {i}.tar)")
 _WNID = re.compile(r"^n\d{8}$")
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -152,6 +155,8 @@ def detect_layout(root: str | Path) -> str:
         return "captions_csv"
     if _objectnet_root(root) is not None:
         return "objectnet"
+    if (root / IMAGENET_SOLUTION).exists():
+        return "imagenet_solution_csv"
     if voc_root(root) is not None:  # before image folders: JPEGImages/ would look like one class
         return "voc_devkit"
     csvs = [p for p in sorted(root.glob("*.csv")) if _csv_header(p)[:2] == ["image", "label"]]
@@ -261,32 +266,64 @@ def _load_image_folder(root: Path, transform: Transform, dataset: str | None) ->
                               [label for _, label in items])
 
 
+def _imagenet_labels(imagenet_index: list[int], dataset: str | None, root: Path,
+                     distinct_classes: int) -> tuple[list[str], list[int]]:
+    """Class names and labels for samples given as ImageNet-1K class indices: all 1,000 classes, or the
+    benchmark's subset (ImageNet-A/R; a 200-class set of unknown name is taken as such a subset)."""
+    all_names = benchmarks.default_classnames("imagenet1k")
+    subset = benchmarks.imagenet_subset(dataset) if dataset else None
+    if subset is None and distinct_classes == 200 and dataset is None:
+        subset = sorted(set(imagenet_index))  # ImageNet-A/R style: the classes present, in ImageNet order
+    if subset is None:
+        return all_names, imagenet_index
+    where = {c: i for i, c in enumerate(subset)}
+    missing = [i for i in imagenet_index if i not in where]
+    if missing:
+        raise DatasetError(f"{root}: the classes of {len(missing)} samples are not in the {dataset} class subset")
+    return [all_names[i] for i in subset], [where[i] for i in imagenet_index]
+
+
+def _wnid_index(wnids: list[str], where: Path) -> list[int]:
+    position = {w: i for i, w in enumerate(benchmarks.imagenet_wnids())}
+    unknown = sorted({w for w in wnids if w not in position})
+    if unknown:
+        raise DatasetError(f"{where}: {unknown[:3]} are not ImageNet-1K synsets")
+    return [position[w] for w in wnids]
+
+
 def _load_imagenet_folders(root: Path, transform: Transform, dataset: str | None) -> ClassificationData:
     folders = [d for d in class_folders(root) if any(_is_image(p) for p in d.iterdir())]
-    wnids = benchmarks.imagenet_wnids()
-    all_names = benchmarks.default_classnames("imagenet1k")
     if _WNID.match(folders[0].name):
-        position = {w: i for i, w in enumerate(wnids)}
-        unknown = [d.name for d in folders if d.name not in position]
-        if unknown:
-            raise DatasetError(f"{root}: folders {unknown[:3]} are not ImageNet-1K synsets")
-        imagenet_index = [position[d.name] for d in folders]
+        imagenet_index = _wnid_index([d.name for d in folders], root)
     else:
         imagenet_index = [int(d.name) for d in folders]
-    subset = benchmarks.imagenet_subset(dataset) if dataset else None
-    if subset is None and len(folders) == 200 and dataset is None:
-        subset = sorted(imagenet_index)  # ImageNet-A/R style: the classes present, in ImageNet order
-    if subset is None:
-        classnames, labels = all_names, imagenet_index
-    else:
-        where = {c: i for i, c in enumerate(subset)}
-        missing = [i for i in imagenet_index if i not in where]
-        if missing:
-            raise DatasetError(f"{root}: {len(missing)} class folders are not in the {dataset} class subset")
-        classnames, labels = [all_names[i] for i in subset], [where[i] for i in imagenet_index]
+    classnames, labels = _imagenet_labels(imagenet_index, dataset, root, len(folders))
     items = _folder_items(folders, labels)
     return ClassificationData(ImageListDataset(items, transform), classnames, None, "imagenet_folders",
                               [label for _, label in items])
+
+
+IMAGENET_SOLUTION = "LOC_val_solution.csv"  # Kaggle's ImageNet (ILSVRC CLS-LOC) validation labels
+
+
+def _load_imagenet_solution(root: Path, transform: Transform, dataset: str | None) -> ClassificationData:
+    """The flat ImageNet val folder as Kaggle ships it: ``LOC_val_solution.csv`` (``ImageId,PredictionString``;
+    the first synset of the string is the label) and the images in ``ILSVRC/Data/CLS-LOC/val/`` or beside it."""
+    path = root / IMAGENET_SOLUTION
+    rows = _read_csv_rows(path, ("imageid", "predictionstring"))
+    image_dir = root / "ILSVRC" / "Data" / "CLS-LOC" / "val"
+    image_dir = image_dir if image_dir.is_dir() else root
+    wnids = []
+    for image_id, boxes in rows:
+        if not boxes.split():
+            raise DatasetError(f"{path}: image {image_id} has an empty PredictionString (no synset)")
+        wnids.append(boxes.split()[0])
+    classnames, labels = _imagenet_labels(_wnid_index(wnids, path), dataset, root, len(set(wnids)))
+    items = [(image_dir / f"{image_id}.JPEG", y) for (image_id, _), y in zip(rows, labels)]
+    missing = [str(p) for p, _ in items if not p.exists()]
+    if missing:
+        raise DatasetError(f"{path}: {len(missing)} of {len(items)} images are missing, e.g. {missing[0]}")
+    return ClassificationData(ImageListDataset(items, transform), classnames, None, "imagenet_solution_csv", labels)
 
 
 def _read_csv_rows(path: Path, columns: tuple[str, str]) -> list[tuple[str, str]]:
@@ -306,6 +343,15 @@ def _load_classification_csv(path: Path, transform: Transform, dataset: str | No
         path = next(p for p in sorted(path.glob("*.csv")) if _csv_header(p)[:2] == ["image", "label"])
     rows = _read_csv_rows(path, ("image", "label"))
     names_file = path.parent / "classnames.txt"
+    if not names_file.exists() and all(_WNID.match(label.strip()) for _, label in rows):
+        # ImageNet synsets as labels (a flat val folder listed in a CSV)
+        index = _wnid_index([label.strip() for _, label in rows], path)
+        classnames, labels = _imagenet_labels(index, dataset, path, len(set(index)))
+        items = [(path.parent / image, y) for (image, _), y in zip(rows, labels)]
+        missing = [str(p) for p, _ in items if not p.exists()]
+        if missing:
+            raise DatasetError(f"{path}: {len(missing)} image files are missing, e.g. {missing[0]}")
+        return ClassificationData(ImageListDataset(items, transform), classnames, None, "classification_csv", labels)
     if names_file.exists():
         classnames = read_lines(names_file)
     elif dataset:
@@ -350,6 +396,8 @@ def load_classification(path: str | Path, transform: Transform, dataset: str | N
         return _load_imagenet_folders(root, transform, dataset)
     if layout == "objectnet":
         return _load_objectnet(root, transform)
+    if layout == "imagenet_solution_csv":
+        return _load_imagenet_solution(root, transform, dataset)
     if layout == "voc_devkit":
         from evaclip.eval.voc import load_voc
         return load_voc(root, transform, split)

@@ -129,6 +129,37 @@ def test_imagenet_synset_folders(tmp_path):
         load_classification(tmp_path, tiny_transform, dataset="imagenet-a")  # goldfish is not in A
 
 
+def test_imagenet_flat_val_with_kaggle_solution_file_and_synset_csv(tmp_path):
+    wnids = imagenet_wnids()
+    synsets = ["n01443537", "n01498041", "n12267677"]
+    val = tmp_path / "kaggle" / "ILSVRC" / "Data" / "CLS-LOC" / "val"
+    val.mkdir(parents=True)
+    rows = []
+    for i, ((_, img), wnid) in enumerate(zip(shapes(1), synsets)):
+        img.save(val / f"ILSVRC2012_val_{i + 1:08d}.JPEG", format="JPEG")
+        rows.append((f"ILSVRC2012_val_{i + 1:08d}", f"{wnid} 10 20 30 40 {wnid} 1 2 3 4"))
+    with open(tmp_path / "kaggle" / "LOC_val_solution.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("ImageId", "PredictionString"), *rows])
+    assert detect_layout(tmp_path / "kaggle") == "imagenet_solution_csv"
+    data = load_classification(tmp_path / "kaggle", tiny_transform, dataset="imagenet1k")
+    assert len(data.classnames) == 1000 and data.labels == [wnids.index(w) for w in synsets]
+    assert [p.name for p, _ in data.dataset.items] == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3)]
+    sub = load_classification(tmp_path / "kaggle", tiny_transform, dataset="imagenet-r")
+    assert [sub.classnames[y] for y in sub.labels] == ["goldfish", "stingray", "acorn"]
+    # the same flat folder listed in a plain classification CSV with synsets as labels
+    with open(val / "val.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "label"), *[(f"{r[0]}.JPEG", w) for r, w in zip(rows, synsets)]])
+    as_csv = load_classification(val / "val.csv", tiny_transform, dataset="imagenet1k")
+    assert as_csv.labels == data.labels and as_csv.classnames == data.classnames
+    with open(val / "bad.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "label"), (f"{rows[0][0]}.JPEG", "n99999999")])
+    with pytest.raises(DatasetError, match="not ImageNet-1K synsets"):
+        load_classification(val / "bad.csv", tiny_transform)
+    (val / "ILSVRC2012_val_00000002.JPEG").unlink()
+    with pytest.raises(DatasetError, match="1 of 3 images are missing"):
+        load_classification(tmp_path / "kaggle", tiny_transform)
+
+
 def test_known_benchmark_folder_names_map_to_shipped_names(tmp_path):
     samples = shapes(1)
     for name, img in zip(["truck", "airplane", "frog"], [s[1] for s in samples]):
