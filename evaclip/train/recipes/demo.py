@@ -39,7 +39,7 @@ def train_sources(train_dir: str | Path = DEFAULT_TRAIN_DIR) -> list[DataSource]
 CLIP_LR = 3e-4
 # Step budgets at batch 128 (``evaclip demo``'s full budget reads them from here). The teacher's 2000 steps
 # were chosen on held-out training pairs (scripts/demo_recipe_search.py): validation image<->text R@5 38.8
-# at 1000 steps, 41.8 at 2000, 41.0 at 3000.
+# at 1000 steps, 41.8 at 2000, 41.0 at 3000 (seed 0); 38.6 vs 40.1 with seed 1. docs/demo/recipe_search.md.
 TEACHER_STEPS, MIM_STEPS, STUDENT_STEPS = 2000, 250, 350
 
 
