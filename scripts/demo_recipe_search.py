@@ -87,7 +87,11 @@ def make_split(train_dir: Path, out: Path, val_fraction: float, seed: int) -> di
     pair, the group's other images leave training too (they would be near-answers)."""
     done = out / "split.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        info = json.loads(done.read_text())
+        if (info["seed"], info["val_fraction"]) != (seed, val_fraction):
+            raise SystemExit(f"{out} holds a split with seed {info['seed']} / fraction {info['val_fraction']}; "
+                             f"use another --out for seed {seed} / fraction {val_fraction}")
+        return info
     samples = [s for tar in sorted(train_dir.glob("*.tar")) for s in _samples(tar)]
     captions = sorted({files["txt"].decode().strip().lower() for _, files in samples})
     rng = random.Random(seed)
@@ -112,7 +116,7 @@ def make_split(train_dir: Path, out: Path, val_fraction: float, seed: int) -> di
             (images / f"{key}.png").write_bytes(files["png"])
             writer.writerow([f"images/{key}.png", files["txt"].decode().strip()])
     info = {"train_pairs": len(train), "val_pairs": len(val), "held_captions": len(held),
-            "captions": len(captions), "seed": seed,
+            "captions": len(captions), "seed": seed, "val_fraction": val_fraction,
             "val_digest": hashlib.sha256("\n".join(sorted(held)).encode()).hexdigest()[:16]}
     done.write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -178,7 +182,8 @@ def main() -> None:
         row = run_candidate(name, CANDIDATES[name], split, args.out, args.seed)
         rows.append(row)
         print(f"{name:10s} val R@5 i->t {100 * row['val_i2t_r5']:5.1f}  t->i {100 * row['val_t2i_r5']:5.1f}  "
-              f"mean {100 * row['val_mean_r5']:5.1f}  loss {row['final_loss']:.3f}  {row['wall_s'] / 60:.1f} min",
+              f"mean {100 * row['val_mean_r5']:5.1f}  loss {row['final_loss'] or float('nan'):.3f}  "
+              f"{row['wall_s'] / 60:.1f} min",
               flush=True)
     prior = json.loads((args.out / "results.json").read_text()) if (args.out / "results.json").is_file() else {}
     prior.update({r["candidate"] + f"@{r['seed']}": r for r in rows})

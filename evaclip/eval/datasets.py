@@ -267,19 +267,21 @@ def _load_image_folder(root: Path, transform: Transform, dataset: str | None) ->
 
 
 def _imagenet_labels(imagenet_index: list[int], dataset: str | None, root: Path,
-                     distinct_classes: int) -> tuple[list[str], list[int]]:
-    """Class names and labels for samples given as ImageNet-1K class indices: all 1,000 classes, or the
-    benchmark's subset (ImageNet-A/R; a 200-class set of unknown name is taken as such a subset)."""
+                     folders: int | None = None) -> tuple[list[str], list[int]]:
+    """Class names and labels for items given as ImageNet-1K class indices: all 1,000 classes, or the
+    benchmark's subset (ImageNet-A/R). ``folders``: the items are that many class folders; 200 folders of a
+    dataset of unknown name are taken as such a subset (the classes present, in ImageNet order)."""
     all_names = benchmarks.default_classnames("imagenet1k")
     subset = benchmarks.imagenet_subset(dataset) if dataset else None
-    if subset is None and distinct_classes == 200 and dataset is None:
+    if subset is None and folders == 200 and dataset is None:
         subset = sorted(set(imagenet_index))  # ImageNet-A/R style: the classes present, in ImageNet order
     if subset is None:
         return all_names, imagenet_index
     where = {c: i for i, c in enumerate(subset)}
     missing = [i for i in imagenet_index if i not in where]
     if missing:
-        raise DatasetError(f"{root}: the classes of {len(missing)} samples are not in the {dataset} class subset")
+        what = "class folders" if folders else "images"
+        raise DatasetError(f"{root}: {len(missing)} {what} have classes that are not in the {dataset} class subset")
     return [all_names[i] for i in subset], [where[i] for i in imagenet_index]
 
 
@@ -297,7 +299,7 @@ def _load_imagenet_folders(root: Path, transform: Transform, dataset: str | None
         imagenet_index = _wnid_index([d.name for d in folders], root)
     else:
         imagenet_index = [int(d.name) for d in folders]
-    classnames, labels = _imagenet_labels(imagenet_index, dataset, root, len(folders))
+    classnames, labels = _imagenet_labels(imagenet_index, dataset, root, folders=len(folders))
     items = _folder_items(folders, labels)
     return ClassificationData(ImageListDataset(items, transform), classnames, None, "imagenet_folders",
                               [label for _, label in items])
@@ -318,11 +320,12 @@ def _load_imagenet_solution(root: Path, transform: Transform, dataset: str | Non
         if not boxes.split():
             raise DatasetError(f"{path}: image {image_id} has an empty PredictionString (no synset)")
         wnids.append(boxes.split()[0])
-    classnames, labels = _imagenet_labels(_wnid_index(wnids, path), dataset, root, len(set(wnids)))
+    classnames, labels = _imagenet_labels(_wnid_index(wnids, path), dataset, root)
     items = [(image_dir / f"{image_id}.JPEG", y) for (image_id, _), y in zip(rows, labels)]
     missing = [str(p) for p, _ in items if not p.exists()]
     if missing:
-        raise DatasetError(f"{path}: {len(missing)} of {len(items)} images are missing, e.g. {missing[0]}")
+        raise DatasetError(f"{path}: {len(missing)} of {len(items)} images are missing, e.g. {missing[0]} (if the "
+                           f"val images were moved into synset folders, point at that folder instead)")
     return ClassificationData(ImageListDataset(items, transform), classnames, None, "imagenet_solution_csv", labels)
 
 
@@ -332,7 +335,12 @@ def _read_csv_rows(path: Path, columns: tuple[str, str]) -> list[tuple[str, str]
         reader.fieldnames = [h.strip().lower() for h in reader.fieldnames or []]
         if reader.fieldnames[:2] != list(columns):
             raise DatasetError(f"{path}: expected the header {','.join(columns)}, got {','.join(reader.fieldnames)}")
-        rows = [(r[columns[0]], r[columns[1]]) for r in reader]
+        rows = []
+        for r in reader:
+            if r[columns[0]] is None or r[columns[1]] is None:
+                raise DatasetError(f"{path}:{reader.line_num}: the row has fewer than the {len(columns)} columns "
+                                   f"{','.join(columns)}")
+            rows.append((r[columns[0]], r[columns[1]]))
     if not rows:
         raise DatasetError(f"{path} has a header but no rows")
     return rows
@@ -343,15 +351,19 @@ def _load_classification_csv(path: Path, transform: Transform, dataset: str | No
         path = next(p for p in sorted(path.glob("*.csv")) if _csv_header(p)[:2] == ["image", "label"])
     rows = _read_csv_rows(path, ("image", "label"))
     names_file = path.parent / "classnames.txt"
-    if not names_file.exists() and all(_WNID.match(label.strip()) for _, label in rows):
-        # ImageNet synsets as labels (a flat val folder listed in a CSV)
+    templates_file = path.parent / "templates.txt"
+    templates = read_lines(templates_file) if templates_file.exists() else None
+    imagenet = set(benchmarks.imagenet_wnids())
+    if not names_file.exists() and all(label.strip() in imagenet for _, label in rows):
+        # ImageNet-1K synsets as labels (e.g. the flat val folder listed in a CSV)
         index = _wnid_index([label.strip() for _, label in rows], path)
-        classnames, labels = _imagenet_labels(index, dataset, path, len(set(index)))
+        classnames, labels = _imagenet_labels(index, dataset, path)
         items = [(path.parent / image, y) for (image, _), y in zip(rows, labels)]
         missing = [str(p) for p, _ in items if not p.exists()]
         if missing:
             raise DatasetError(f"{path}: {len(missing)} image files are missing, e.g. {missing[0]}")
-        return ClassificationData(ImageListDataset(items, transform), classnames, None, "classification_csv", labels)
+        return ClassificationData(ImageListDataset(items, transform), classnames, templates, "classification_csv",
+                                  labels)
     if names_file.exists():
         classnames = read_lines(names_file)
     elif dataset:
@@ -376,8 +388,6 @@ def _load_classification_csv(path: Path, transform: Transform, dataset: str | No
     missing = [str(p) for p, _ in items if not p.exists()]
     if missing:
         raise DatasetError(f"{path}: {len(missing)} image files are missing, e.g. {missing[0]}")
-    templates_file = path.parent / "templates.txt"
-    templates = read_lines(templates_file) if templates_file.exists() else None
     return ClassificationData(ImageListDataset(items, transform), classnames, templates, "classification_csv",
                               [y for _, y in items])
 
@@ -400,7 +410,7 @@ def load_classification(path: str | Path, transform: Transform, dataset: str | N
         return _load_imagenet_solution(root, transform, dataset)
     if layout == "voc_devkit":
         from evaclip.eval.voc import load_voc
-        return load_voc(root, transform, split)
+        return load_voc(root, transform, split, dataset)
     if layout == "image_folder":
         return _load_image_folder(root, transform, dataset)
     raise DatasetError(f"{root} is a {layout} dataset, not a classification dataset; expected {LAYOUTS_HELP}")

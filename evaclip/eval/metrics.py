@@ -130,42 +130,46 @@ def video_score(acc1: float, acc5: float, dataset: str) -> float:
     return acc1
 
 
-def _pr_points(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Precision and recall at each distinct score threshold, from the highest score down (equal scores
-    are one threshold: they are predicted positive together)."""
+def _pr_points(scores: torch.Tensor, positive: torch.Tensor, group_ties: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Precision and recall down the ranking (highest score first, ties in sample order). ``group_ties``:
+    one point per distinct score (equal scores are predicted positive together, as sklearn does); else
+    one point per sample (the VOC devkit's ``VOCevalcls``)."""
     order = torch.argsort(scores, descending=True, stable=True)
     s, y = scores[order], positive[order].double()
     tp, seen = torch.cumsum(y, 0), torch.arange(1, len(y) + 1, dtype=torch.float64)
-    last_of_run = torch.ones_like(s, dtype=torch.bool)
-    last_of_run[:-1] = s[1:] != s[:-1]
-    tp, seen = tp[last_of_run], seen[last_of_run]
+    if group_ties:
+        last_of_run = torch.ones_like(s, dtype=torch.bool)
+        last_of_run[:-1] = s[1:] != s[:-1]
+        tp, seen = tp[last_of_run], seen[last_of_run]
     return tp / seen, tp / y.sum()
 
 
 def average_precision(scores, targets, ignore=None, eleven_point: bool = False) -> torch.Tensor:
     """Per-class average precision [C] of multi-label ``scores`` [N, C] against 0/1 ``targets`` [N, C].
 
-    Default: the area under the precision-recall curve as a step function, sum over thresholds of
-    (recall gained) x precision (sklearn's ``average_precision_score``). ``eleven_point``: the PASCAL VOC
-    2007 devkit's measure, the mean over recall levels 0, 0.1, ..., 1 of the best precision at that recall
-    or above. ``ignore`` [N, C] (bool) leaves a sample out of a class's ranking (VOC's "difficult"
-    images). A class without positive samples gets NaN.
+    Default: the area under the precision-recall curve as a step function, sum over score thresholds of
+    (recall gained) x precision, ties forming one threshold (sklearn's ``average_precision_score``).
+    ``eleven_point``: the PASCAL VOC2007 devkit's measure, the mean over recall levels 0, 0.1, ..., 1 of the
+    best precision at that recall or above, with one precision/recall point per sample in rank order, as
+    the devkit computes it (levels are compared with a 1e-12 tolerance, so an exact 0.3 recall counts for
+    the 0.3 level). ``ignore`` [N, C] (bool) leaves a sample out of a class's ranking (VOC's "difficult").
+    A class without positive samples gets NaN. Non-finite scores are an error (NaN would rank first).
     """
     scores, positive = _as_tensor(scores).double(), _as_tensor(targets).bool()
     if scores.ndim != 2 or positive.shape != scores.shape:
         raise ValueError(f"scores and targets must both be [N, C]; got {tuple(scores.shape)} and {tuple(positive.shape)}")
+    if not torch.isfinite(scores).all():
+        raise ValueError("scores contain NaN or inf; average precision needs finite scores")
     keep = ~_as_tensor(ignore).bool() if ignore is not None else torch.ones_like(positive)
     out = torch.full((scores.shape[1],), float("nan"), dtype=torch.float64)
     for c in range(scores.shape[1]):
         s, y = scores[keep[:, c], c], positive[keep[:, c], c]
         if not y.any():
             continue
-        precision, recall = _pr_points(s, y)
+        precision, recall = _pr_points(s, y, group_ties=not eleven_point)
         if eleven_point:
             levels = torch.linspace(0, 1, 11, dtype=torch.float64)
-            best = [precision[recall >= r - 1e-12].max() if (recall >= r - 1e-12).any() else torch.tensor(0.0)
-                    for r in levels]
-            out[c] = torch.stack(best).double().mean()
+            out[c] = torch.stack([precision[recall >= r - 1e-12].max() for r in levels]).mean()
         else:
             gained = torch.diff(recall, prepend=torch.zeros(1, dtype=torch.float64))
             out[c] = (gained * precision).sum()
@@ -173,10 +177,15 @@ def average_precision(scores, targets, ignore=None, eleven_point: bool = False) 
 
 
 def multilabel_metrics(logits, targets) -> dict[str, float]:
-    """``mean_average_precision`` (CLIP_benchmark's name) and the VOC devkit's 11-point variant, averaged
-    over the classes that have positives. ``targets`` [N, C]: 1 positive, 0 negative, -1 ignored."""
+    """Multi-label zero-shot scores; ``targets`` [N, C]: 1 present, 0 absent, -1 present only as
+    "difficult" objects (VOC).
+
+    ``mean_average_precision``: CLIP_benchmark's number (its labels come from every annotated object, so
+    "difficult" counts as present; a class without positives counts 0). ``mean_average_precision_voc07``:
+    the VOC2007 devkit's 11-point AP with "difficult" images left out, averaged over classes with positives.
+    """
     targets = _as_tensor(targets)
-    ap = average_precision(logits, targets > 0, ignore=targets < 0)
-    ap11 = average_precision(logits, targets > 0, ignore=targets < 0, eleven_point=True)
-    return {"mean_average_precision": float(np.nanmean(ap.numpy())) if (~ap.isnan()).any() else float("nan"),
-            "mean_average_precision_11pt": float(np.nanmean(ap11.numpy())) if (~ap11.isnan()).any() else float("nan")}
+    present = average_precision(logits, targets != 0)
+    voc = average_precision(logits, targets > 0, ignore=targets < 0, eleven_point=True)
+    return {"mean_average_precision": float(torch.nan_to_num(present, nan=0.0).mean()),
+            "mean_average_precision_voc07": float(np.nanmean(voc.numpy())) if (~voc.isnan()).any() else float("nan")}

@@ -62,7 +62,8 @@ def evaluate_zeroshot_classification(model, tokenizer, loader: Iterable, classna
                                      labels: torch.Tensor | None = None) -> dict[str, float]:
     """``acc1``, ``acc5`` (NaN below 5 classes) and ``mean_per_class_recall`` on a loader of
     ``(images, labels)``; precomputed ``image_features``/``labels`` skip the image pass. Multi-label sets
-    (labels [N, C] of 1 / 0 / -1 ignored, e.g. VOC2007) give ``mean_average_precision`` (+ the 11-point one)."""
+    (labels [N, C]: 1 present, 0 absent, -1 difficult, e.g. VOC2007) give ``mean_average_precision`` and the
+    devkit's ``mean_average_precision_voc07`` (see ``metrics.multilabel_metrics``)."""
     classifier = build_zeroshot_classifier(model, tokenizer, classnames, templates, device=device, amp=amp)
     if image_features is None:
         image_features, labels = encode_image_batches(model, loader, device=device, amp=amp)

@@ -8,6 +8,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,3 +72,5 @@ def test_the_split_is_reproducible_and_cached(tmp_path):
     assert (tmp_path / "a" / "val" / "captions.csv").read_text() == (tmp_path / "b" / "val" / "captions.csv").read_text()
     (tmp_path / "a" / "val" / "captions.csv").unlink()  # a finished split is not rebuilt
     assert search.make_split(tmp_path / "train", tmp_path / "a", val_fraction=0.25, seed=3) == a
+    with pytest.raises(SystemExit, match="another --out"):  # nor silently reused with other settings
+        search.make_split(tmp_path / "train", tmp_path / "a", val_fraction=0.5, seed=3)

@@ -151,10 +151,17 @@ def test_imagenet_flat_val_with_kaggle_solution_file_and_synset_csv(tmp_path):
         csv.writer(f).writerows([("image", "label"), *[(f"{r[0]}.JPEG", w) for r, w in zip(rows, synsets)]])
     as_csv = load_classification(val / "val.csv", tiny_transform, dataset="imagenet1k")
     assert as_csv.labels == data.labels and as_csv.classnames == data.classnames
-    with open(val / "bad.csv", "w", newline="") as f:
+    (val / "templates.txt").write_text("a photo of a {c}.\n")
+    assert load_classification(val / "val.csv", tiny_transform).templates == ["a photo of a {c}."]
+    # synsets outside ImageNet-1K (e.g. ImageNet-21k) stay plain class names, as before
+    with open(val / "other.csv", "w", newline="") as f:
         csv.writer(f).writerows([("image", "label"), (f"{rows[0][0]}.JPEG", "n99999999")])
-    with pytest.raises(DatasetError, match="not ImageNet-1K synsets"):
-        load_classification(val / "bad.csv", tiny_transform)
+    assert load_classification(val / "other.csv", tiny_transform).classnames == ["n99999999"]
+    (tmp_path / "kaggle" / "LOC_val_solution.csv").write_text("ImageId,PredictionString\nILSVRC2012_val_00000001\n")
+    with pytest.raises(DatasetError, match=r"LOC_val_solution.csv:2: the row has fewer than the 2 columns"):
+        load_classification(tmp_path / "kaggle", tiny_transform)
+    with open(tmp_path / "kaggle" / "LOC_val_solution.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("ImageId", "PredictionString"), *rows])
     (val / "ILSVRC2012_val_00000002.JPEG").unlink()
     with pytest.raises(DatasetError, match="1 of 3 images are missing"):
         load_classification(tmp_path / "kaggle", tiny_transform)
@@ -275,7 +282,7 @@ def write_voc(root, samples, extra_positive=(), difficult=(), split="test"):
         (root / "ImageSets" / "Main" / f"{name}_{split}.txt").write_text("\n".join(lines) + "\n")
 
 
-def test_voc_devkit_is_multilabel_with_difficult_ignored(tmp_path, toy_model):
+def test_voc_devkit_is_multilabel_with_difficult_flagged(tmp_path, toy_model):
     from PIL import Image
     from evaclip.eval.metrics import multilabel_metrics
     samples = shapes(3, seed=7)
@@ -295,22 +302,24 @@ def test_voc_devkit_is_multilabel_with_difficult_ignored(tmp_path, toy_model):
     reread = [(y, Image.open(root / "JPEGImages" / f"{i:06d}.jpg")) for i, (y, _) in enumerate(samples)]
     logits, _ = numpy_metrics(toy_model, reread, data.classnames, TEMPLATES)
     ref = multilabel_metrics(torch.tensor(logits), torch.tensor(expected))
-    assert set(metrics) == {"mean_average_precision", "mean_average_precision_11pt"}
+    assert set(metrics) == {"mean_average_precision", "mean_average_precision_voc07"}
     for k in metrics:
         assert metrics[k] == pytest.approx(ref[k], abs=1e-5)
 
 
-def test_voc_devkit_with_the_twenty_classes_takes_the_shipped_names_and_order(tmp_path):
-    shipped = default_classnames("voc2007")
+def test_voc_devkit_with_the_twenty_classes_keeps_the_devkit_order(tmp_path):
+    shipped = default_classnames("voc2007_multilabel")
     main = tmp_path / "ImageSets" / "Main"
     main.mkdir(parents=True)
     (tmp_path / "JPEGImages").mkdir()
     shapes(1)[0][1].save(tmp_path / "JPEGImages" / "000001.jpg")
-    for name in sorted(shipped):
+    for name in shipped:
         (main / f"{name}_test.txt").write_text(f"000001 {1 if name == 'sofa' else -1}\n")
-    data = load_classification(tmp_path, tiny_transform)
-    assert data.classnames == shipped and data.classnames != sorted(shipped)
-    assert data.multilabel_targets[0].tolist() == [1 if n == "sofa" else 0 for n in shipped]
+    data = load_classification(tmp_path, tiny_transform, dataset="voc2007_multilabel")
+    assert data.classnames == sorted(shipped) != shipped  # CLIP_benchmark's multi-label order, not CLIP's list
+    assert data.multilabel_targets[0].tolist() == [1 if n == "sofa" else 0 for n in sorted(shipped)]
+    with pytest.raises(DatasetError, match="--dataset voc2007_multilabel"):
+        load_classification(tmp_path, tiny_transform, dataset="voc2007")  # Table 11's single-label set
 
 
 def test_broken_voc_devkits_say_what_is_wrong(tmp_path):

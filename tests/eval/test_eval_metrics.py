@@ -132,16 +132,17 @@ def test_mean_recall_and_video_score():
 
 # ---------------------------------------------------------------------------------- multi-label (VOC2007)
 def naive_ap(scores: np.ndarray, positive: np.ndarray, eleven_point: bool = False) -> float:
-    """AP of one class by brute force: precision and recall of 'score >= t' for every distinct t."""
-    points = []
+    """AP of one class by brute force. Default: precision and recall of 'score >= t' for every distinct t.
+    Eleven-point: the devkit's loop, one point per sample down the ranking (ties in sample order)."""
+    if eleven_point:
+        order = np.argsort(-scores, kind="stable")
+        hits = np.cumsum(positive[order])
+        points = [(hits[i] / (i + 1), hits[i] / positive.sum()) for i in range(len(order))]
+        return float(np.mean([max(p for p, r in points if r >= level - 1e-12) for level in np.linspace(0, 1, 11)]))
+    ap, previous_recall = 0.0, 0.0
     for t in sorted(set(scores.tolist()), reverse=True):
         predicted = scores >= t
-        points.append(((positive & predicted).sum() / predicted.sum(), (positive & predicted).sum() / positive.sum()))
-    if eleven_point:
-        return float(np.mean([max([p for p, r in points if r >= level - 1e-12], default=0.0)
-                              for level in np.linspace(0, 1, 11)]))
-    ap, previous_recall = 0.0, 0.0
-    for p, r in points:
+        p, r = (positive & predicted).sum() / predicted.sum(), (positive & predicted).sum() / positive.sum()
         ap += (r - previous_recall) * p
         previous_recall = r
     return float(ap)
@@ -155,11 +156,18 @@ def test_average_precision_closed_forms():
     assert average_precision(scores, targets, eleven_point=True).item() == pytest.approx((6 + 5 * 2 / 3) / 11)
     perfect = average_precision(torch.tensor([[3.0], [2.0], [1.0]]), torch.tensor([[1], [1], [0]]))
     assert perfect.item() == 1.0
-    # all scores tied: one threshold, precision = the positive rate
-    assert average_precision(torch.zeros(5, 1), torch.tensor([[1], [0], [0], [1], [0]])).item() == pytest.approx(0.4)
-    # a class without positives is NaN and left out of the mean
+    # ties: one threshold for the default AP, sample order for the devkit's 11-point AP
+    tied, y = torch.tensor([[1.0], [1.0], [0.0]]), torch.tensor([[1], [0], [1]])
+    assert average_precision(tied, y).item() == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    assert average_precision(tied, y, eleven_point=True).item() == pytest.approx((6 + 5 * 2 / 3) / 11)
+    y5 = torch.tensor([[1], [0], [0], [1], [0]])
+    assert average_precision(torch.zeros(5, 1), y5).item() == pytest.approx(0.4)  # precision = positive rate
+    assert average_precision(torch.zeros(5, 1), y5, eleven_point=True).item() == pytest.approx((6 + 5 * 0.5) / 11)
+    # a class without positives is NaN
     ap = average_precision(torch.rand(4, 2), torch.tensor([[1, 0], [0, 0], [1, 0], [0, 0]]))
     assert not math.isnan(ap[0].item()) and math.isnan(ap[1].item())
+    with pytest.raises(ValueError, match="finite"):
+        average_precision(torch.tensor([[float("nan")], [0.0]]), torch.tensor([[1], [0]]))
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -177,11 +185,12 @@ def test_average_precision_matches_brute_force_with_ties_and_ignored(seed):
             assert ap[c].item() == pytest.approx(naive_ap(scores[keep, c], positive[keep, c], eleven), abs=1e-12)
 
 
-def test_multilabel_metrics_ignore_difficult_samples():
-    logits = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
-    # class 0: the top-scored sample is marked difficult (-1): without it the ranking is perfect
-    targets = torch.tensor([[-1, 0], [1, 0], [0, 1]])
+def test_multilabel_metrics_count_difficult_as_clip_benchmark_and_ignore_it_as_the_devkit():
+    # samples: difficult-only, present, absent for class 0; class 1 ranked perfectly; class 2 never present
+    logits = torch.tensor([[0.0, 0.5, 0.1], [2.0, 0.2, 0.3], [1.0, 0.9, 0.2]])
+    targets = torch.tensor([[-1, 0, 0], [1, 0, 0], [0, 1, 0]])
     m = multilabel_metrics(logits, targets)
-    assert m["mean_average_precision"] == pytest.approx(1.0)
-    counted = multilabel_metrics(logits, torch.tensor([[0, 0], [1, 0], [0, 1]]))  # now a negative ranks first
-    assert counted["mean_average_precision"] == pytest.approx((0.5 + 1.0) / 2)
+    # CLIP_benchmark: the difficult sample is a positive ranked last: AP (1 + 2/3) / 2; class 2 counts 0
+    assert m["mean_average_precision"] == pytest.approx((5 / 6 + 1.0 + 0.0) / 3)
+    # devkit: the difficult sample leaves class 0's ranking (perfect); class 2 has no positives: left out
+    assert m["mean_average_precision_voc07"] == pytest.approx(1.0)

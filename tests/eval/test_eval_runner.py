@@ -49,8 +49,15 @@ def test_voc2007_multilabel_through_the_runner(tmp_path, toy_model):
     name, path = resolve_dataset("voc2007_multilabel", str(tmp_path / "voc"))
     assert name == "voc2007_multilabel"
     opts = EvalOptions(workers=0, templates_file=None)
-    metrics, extras = evaluate(toy_model, tokenize, "zeroshot_classification", name, path,
-                               lambda mode: tiny_transform, ["squash", "shortest"], opts)
-    assert 0 < metrics["mean_average_precision"] <= 1 and extras["transform"] in ("squash", "shortest")
+
+    def blank(image):  # every image the same: all scores tie, so AP falls to the positive rate
+        return tiny_transform(image) * 0
+
+    factory = {"squash": blank, "shortest": tiny_transform}.get
+    metrics, extras = evaluate(toy_model, tokenize, "zeroshot_classification", name, path, factory,
+                               ["squash", "shortest"], opts)
+    by = extras["metrics_by_transform"]
+    assert by["shortest"]["mean_average_precision"] > by["squash"]["mean_average_precision"]
+    assert extras["transform"] == "shortest" and metrics == by["shortest"]  # chosen by mAP
     with pytest.raises(ConfigError, match="multi-label"):
         evaluate(toy_model, tokenize, "linear_probe", name, path, lambda mode: tiny_transform, ["shortest"], opts)
