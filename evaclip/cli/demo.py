@@ -38,9 +38,11 @@ def run(args: argparse.Namespace) -> int:
                           seeds=_seeds(args.seeds), quick=args.quick, progress=not args.no_progress)
     results = run_demo(options)
     s = results["summary"]
+    def pm(stat) -> str:  # the spread only means something over several seeds
+        return f"{stat['mean'] * 100:5.1f}" + (f" ± {stat['std'] * 100:.1f}" if stat["n"] > 1 else "")
+
     for m in ("teacher", "student", "control"):
         tux, noto = s[m]["metrics"]["zeroshot/tuxpaint/acc1"], s[m]["metrics"]["zeroshot/noto/acc1"]
-        print(f"{m:8s} Tux Paint top-1 {tux['mean'] * 100:5.1f} ± {tux['std'] * 100:.1f}   "
-              f"Noto top-1 {noto['mean'] * 100:5.1f} ± {noto['std'] * 100:.1f}")
+        print(f"{m:8s} Tux Paint top-1 {pm(tux)}   Noto top-1 {pm(noto)}")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0

@@ -15,12 +15,14 @@ own runs wrote (released weights are loaded through :mod:`evaclip.models.checkpo
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
 import pickle
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,15 @@ def _set_rng_state(states: dict[str, str]) -> None:
         torch.cuda.set_rng_state(decode(states["cuda"]))
 
 
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns on every save/load without a process group that it assumes a single process; that is the
+    intended case here, so only that warning is filtered."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -134,7 +145,8 @@ def save(out_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torc
             tmp.mkdir()
         _barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        with _single_process_quiet():
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
         faults.maybe_fail("checkpoint_write", step)
         _write_json(tmp / f"rank_{rank:05d}.json", {"rank_state": rank_state, "rng": _rng_state()})
         _barrier()
@@ -199,7 +211,8 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
                             f"{world}; exact resume needs the same world size (the data position is per rank)")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     per_rank = json.loads((path / f"rank_{rank:05d}.json").read_text())
     _set_rng_state(per_rank["rng"])
