@@ -51,12 +51,17 @@ def _features(n: int = 6, d: int = 5, seed: int = 0) -> tuple[torch.Tensor, torc
     return img, txt
 
 
+def _two_leaf_sets(img, txt, scale: float = 7.0):
+    """Two independent grad-tracking copies of (image features, text features, logit scale): one for the
+    loss under test, one for the naive reference, so their gradients can be compared."""
+    base = (img, txt, torch.tensor(scale, dtype=torch.float64))
+    return [[t.clone().requires_grad_() for t in base] for _ in range(2)]
+
+
 @pytest.mark.parametrize("local_loss,gather_with_grad", [(True, True), (False, True), (False, False)])
 def test_clip_loss_matches_naive_loss_and_gradients(local_loss: bool, gather_with_grad: bool) -> None:
     img, txt = _features()
-    scale = torch.tensor(7.0, dtype=torch.float64)
-    leaves = [img.clone().requires_grad_(), txt.clone().requires_grad_(), scale.clone().requires_grad_()]
-    refs = [img.clone().requires_grad_(), txt.clone().requires_grad_(), scale.clone().requires_grad_()]
+    leaves, refs = _two_leaf_sets(img, txt)
     loss = ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad)(*leaves)
     ref = naive_clip_loss(*refs)
     torch.testing.assert_close(loss.double(), ref)
@@ -146,9 +151,8 @@ def _tokens(captions: list[str]) -> torch.Tensor:
 @pytest.mark.parametrize("local_loss,gather_with_grad", [(True, True), (False, True), (False, False)])
 def test_duplicate_captions_are_dropped_from_the_softmax(local_loss: bool, gather_with_grad: bool) -> None:
     img, txt = _features()
-    scale = torch.tensor(7.0, dtype=torch.float64)
-    leaves = [img.clone().requires_grad_(), txt.clone().requires_grad_(), scale.clone().requires_grad_()]
-    refs = [img.clone().requires_grad_(), txt.clone().requires_grad_(), scale.clone().requires_grad_()]
+    leaves, refs = _two_leaf_sets(img, txt)
+    scale = leaves[2].detach()
     loss_fn = ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, mask_duplicate_texts=True)
     loss = loss_fn(*leaves, _tokens(CAPTIONS))
     ref = naive_dedup_clip_loss(*refs, CAPTIONS)
