@@ -54,6 +54,10 @@ CANDIDATES: dict[str, dict] = {
     "long3000": {"steps": 3000},
     "long_crop0.5": {"steps": 2000, "data.crop_scale": "0.5,1.0"},  # stronger crops against memorising
     "long_mlp": {"steps": 2000, "model.name": "mlp_proj"},
+    # round 3: more training pairs (Fluent Emoji styles), same validation pairs, same 2000-step recipe
+    "fluent_all": {"steps": 2000, "fluent": ("flat", "modern", "high-contrast")},
+    "fluent_flat": {"steps": 2000, "fluent": ("flat",)},
+    "fluent_flat_hc": {"steps": 2000, "fluent": ("flat", "high-contrast")},
 }
 
 
@@ -82,27 +86,35 @@ def _write_tar(path: Path, samples) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def make_split(train_dir: Path, out: Path, val_fraction: float, seed: int) -> dict:
+def make_split(train_dir: Path, out: Path, val_fraction: float, seed: int,
+               fluent_styles: tuple[str, ...] = ()) -> dict:
     """Hold out ``val_fraction`` of the caption groups; one image per held-out caption becomes a validation
-    pair, the group's other images leave training too (they would be near-answers)."""
+    pair, the group's other images leave training too (they would be near-answers).
+
+    The held-out captions and the validation pairs come from the sources the first search ran on (every
+    source but Fluent Emoji), so a candidate trained with Fluent Emoji styles (``fluent_styles``) is judged on
+    exactly the same validation pairs; its Fluent images of held-out captions leave training too.
+    """
     done = out / "split.json"
+    settings = {"seed": seed, "val_fraction": val_fraction, "fluent_styles": list(fluent_styles)}
     if done.is_file():
         info = json.loads(done.read_text())
-        if (info["seed"], info["val_fraction"]) != (seed, val_fraction):
-            raise SystemExit(f"{out} holds a split with seed {info['seed']} / fraction {info['val_fraction']}; "
-                             f"use another --out for seed {seed} / fraction {val_fraction}")
+        if any(info.get(k, [] if k == "fluent_styles" else None) != v for k, v in settings.items()):
+            raise SystemExit(f"{out} holds a split made with other settings "
+                             f"({ {k: info.get(k) for k in settings} }); use another --out for {settings}")
         return info
     samples = [s for tar in sorted(train_dir.glob("*.tar")) for s in _samples(tar)]
-    captions = sorted({files["txt"].decode().strip().lower() for _, files in samples})
+    reference = [(key, files) for key, files in samples if _style(files) is None]
+    captions = sorted({files["txt"].decode().strip().lower() for _, files in reference})
     rng = random.Random(seed)
     held = set(rng.sample(captions, round(val_fraction * len(captions))))
-    train, val = [], {}
-    for key, files in samples:
+    val: dict[str, tuple[str, dict]] = {}
+    for key, files in reference:
         caption = files["txt"].decode().strip()
         if caption.lower() in held:
             val.setdefault(caption.lower(), (key, files))
-        else:
-            train.append((key, files))
+    train = [(key, files) for key, files in samples if files["txt"].decode().strip().lower() not in held
+             and _style(files) in (None, *fluent_styles)]
     rng.shuffle(train)
     (out / "train").mkdir(parents=True, exist_ok=True)
     for i in range(0, len(train), 400):
@@ -116,10 +128,18 @@ def make_split(train_dir: Path, out: Path, val_fraction: float, seed: int) -> di
             (images / f"{key}.png").write_bytes(files["png"])
             writer.writerow([f"images/{key}.png", files["txt"].decode().strip()])
     info = {"train_pairs": len(train), "val_pairs": len(val), "held_captions": len(held),
-            "captions": len(captions), "seed": seed, "val_fraction": val_fraction,
+            "captions": len(captions), **settings,
             "val_digest": hashlib.sha256("\n".join(sorted(held)).encode()).hexdigest()[:16]}
     done.write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _style(files: dict[str, bytes]) -> str | None:
+    """The Fluent Emoji style of a sample (its json id is "style/code point"), None for other sources."""
+    if "json" not in files:
+        return None
+    meta = json.loads(files["json"])
+    return meta["id"].split("/", 1)[0] if meta.get("source") == "fluent" else None
 
 
 def run_candidate(name: str, overrides: dict, split: Path, out: Path, seed: int) -> dict:
@@ -139,7 +159,7 @@ def run_candidate(name: str, overrides: dict, split: Path, out: Path, seed: int)
     cfg = get_recipe("demo-teacher")
     cfg.out_dir, cfg.seed, cfg.data.seed, cfg.progress = str(run_dir), seed, seed, False
     cfg.data.sources = train_sources(split / "train")
-    overrides = dict(overrides)
+    overrides = {k: v for k, v in overrides.items() if k != "fluent"}
     variant = overrides.get("model.name")
     if variant in MODEL_VARIANTS:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,12 +193,13 @@ def main() -> None:
     if unknown:
         p.error(f"unknown candidates {unknown}; known: {', '.join(CANDIDATES)}")
     t0 = time.perf_counter()
-    split = args.out / "split"
-    info = make_split(args.data / "train", split, args.val_fraction, seed=1234)
-    print(f"split: {info['train_pairs']} train / {info['val_pairs']} validation pairs "
-          f"({time.perf_counter() - t0:.0f} s)", flush=True)
     rows = []
     for name in names:
+        styles = CANDIDATES[name].get("fluent", ())
+        split = args.out / ("split" + "".join(f"-{s}" for s in styles))
+        info = make_split(args.data / "train", split, args.val_fraction, seed=1234, fluent_styles=styles)
+        print(f"split {split.name}: {info['train_pairs']} train / {info['val_pairs']} validation pairs "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
         row = run_candidate(name, CANDIDATES[name], split, args.out, args.seed)
         rows.append(row)
         print(f"{name:10s} val R@5 i->t {100 * row['val_i2t_r5']:5.1f}  t->i {100 * row['val_t2i_r5']:5.1f}  "

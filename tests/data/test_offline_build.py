@@ -83,18 +83,22 @@ def test_train_shards_are_valid_webdataset_tars(built):
         assert info["samples"] == len(mine) == manifest["train"]["by_source"][source]
         assert [s["file"] for s in info["shards"]] == sorted({r["shard"] for r in mine})
         assert info["pattern"] == {"openclipart": "openclipart-{00000..00004}.tar", "twemoji": "twemoji-{00000..00001}.tar",
-                                   "openmoji": "openmoji-{00000..00001}.tar", "emojione": "emojione-00000.tar"}[source]
+                                   "openmoji": "openmoji-{00000..00001}.tar", "emojione": "emojione-00000.tar",
+                                   "fluent": "fluent-{00000..00002}.tar"}[source]
         assert all(s["samples"] <= OPTIONS.shard_size for s in info["shards"])
         assert all(r["shard"].startswith(f"{source}-") for r in mine)
     licences = {r["source"]: r["licence"] for r in rows}
     assert licences == {"openclipart": "public-domain", "twemoji": "CC-BY-4.0", "openmoji": "CC-BY-SA-4.0",
-                        "emojione": "CC-BY-SA-4.0"}
+                        "emojione": "CC-BY-SA-4.0", "fluent": "MIT"}
     captions = {r["id"]: r["caption"] for r in rows}
     # keywords already in the name ("pig") are dropped; held-out items are absent
     assert captions.get("animals/mammals/a_simple_pig_01", "A simple pig. mammal, animal") == \
         "A simple pig. mammal, animal"
     assert captions["computer/icons/flat-theme/action/Network_1"] == "Network. action"
     assert {r["caption"] for r in rows if r["id"] == "1F600"} == {"Grinning face. happy", "Grinning face. happy, smile"}
+    # Fluent files carry names, not code points: matched to CLDR, they get the caption the other styles give
+    assert captions["flat/1F600"] == captions["modern/1F600"] == "Grinning face. happy"
+    assert captions["high-contrast/1F436"] == next(r["caption"] for r in rows if (r["source"], r["id"]) == ("twemoji", "1F436"))
     assert len(rows) == manifest["train"]["samples"]
 
 
@@ -103,10 +107,15 @@ def test_expected_items_are_skipped_and_counted(built):
     ids = {(r["source"], r["id"]) for r in train_samples(out)}
     skipped = [("openclipart", "computer/icons/apps/konqueror"), ("openclipart", "animals/mammals/pig_link"),
                ("openmoji", "1F44B-1F3FB"), ("openmoji", "1F1EB-1F1F7"), ("emojione", "1F1EB-1F1F7"),
-               ("twemoji", "1F3FB"), ("emojione", "1F3FB")]
+               ("twemoji", "1F3FB"), ("emojione", "1F3FB"), ("fluent", "flat/1F1EB-1F1F7")]
     assert not ids & set(skipped)
     leak = manifest["leakage"]
-    assert leak["listed"] == {"openclipart": 13, "twemoji": 4, "openmoji": 3, "emojione": 2, "tuxpaint": 5, "noto": 4}
+    assert leak["listed"] == {"openclipart": 13, "twemoji": 4, "openmoji": 3, "emojione": 2, "tuxpaint": 5, "noto": 4,
+                              "fluent": 6}
+    # Fluent: skin-tone variants and the flag are skipped silently, a name CLDR does not know is reported
+    assert leak["fluent_names_not_in_cldr"] == ["party-thing"]
+    assert {i for s, i in ids if s == "fluent"} == {"flat/1F600", "flat/1F436", "modern/1F600", "modern/1F436",
+                                                   "high-contrast/1F436"}
     assert leak["exact_duplicates_dropped"]["openclipart"] == 1  # blue_square_02 == blue_square_01
     # the 4 "network" icons share one boilerplate-derived name, so their group is never held out
     assert sum(i.startswith("computer/icons/flat-theme/action/Network") for s, i in ids) == 4
@@ -126,11 +135,14 @@ def test_leakage_control(built):
     # the openclipart apple is a copy of the Tux Paint apple stamp; the Twemoji star a recoloured Noto star
     assert ("openclipart", "food/apple_ganson") not in train_ids
     assert ("twemoji", "2B50") not in train_ids and ("openmoji", "2B50") in train_ids
+    assert ("fluent", "flat/2B50") not in train_ids  # a brightened Noto star drawn as SVG: caught as well
     dropped = manifest["leakage"]["near_duplicates_dropped_from_train"]
     assert dropped["twemoji"]["noto"] == 1 and dropped["twemoji"]["total"] == 1
+    assert dropped["fluent"] == {"tuxpaint": 0, "openclipart_heldout": 0, "noto": 1, "total": 1}
     assert dropped["openclipart"]["tuxpaint"] == 1 and ("openclipart", "food/apple_other") in train_ids
     # 13 listed - 1 exact duplicate - 2 held out - the apple copy
-    assert manifest["train"]["by_source"] == {"openclipart": 9, "twemoji": 3, "openmoji": 3, "emojione": 2}
+    assert manifest["train"]["by_source"] == {"openclipart": 9, "twemoji": 3, "openmoji": 3, "emojione": 2,
+                                              "fluent": 5}
 
 
 def test_leakage_control_can_leave_noto_copies(tmp_path):
@@ -175,12 +187,12 @@ def test_manifest_and_notice(built):
     out, manifest = built
     assert manifest["image_size"] == 16 and manifest["seed"] == 0 and manifest["options"]["heldout"] == 2
     packages = {p["name"]: p for p in manifest["packages"]}
-    assert len(packages) == 7 and packages["openmoji"]["version"] == "17.0.0"
+    assert len(packages) == 8 and packages["openmoji"]["version"] == "17.0.0"
     assert packages["openclipart-png"]["version"] == "1.0-test"
-    assert manifest["train"]["samples"] == 17 and manifest["train"]["shards"] == 5 + 2 + 2 + 1
+    assert manifest["train"]["samples"] == 22 and manifest["train"]["shards"] == 5 + 2 + 2 + 1 + 3
     notice = (out / "NOTICE.md").read_text()
     for needle in ("CC-BY-4.0", "CC-BY-SA-4.0", "GPL-2.0-or-later", "Apache-2.0", "Twemoji", "OpenMoji",
-                   "EmojiOne", "Tux Paint", "`ruby-gemojione` 1.0-test"):
+                   "EmojiOne", "Tux Paint", "`ruby-gemojione` 1.0-test", "Fluent Emoji", "Microsoft", "MIT"):
         assert needle in notice
     assert not list(out.glob(".tmp-build-*"))
 
@@ -200,12 +212,12 @@ def test_two_builds_are_byte_identical(built, tmp_path):
 def test_second_build_is_cached_and_force_rebuilds(tmp_path):
     fetch = FixtureFetch()
     first = build(tmp_path, fetch)
-    assert not first.cached and len(fetch.calls) == 7
+    assert not first.cached and len(fetch.calls) == 8
     second = build(tmp_path, fetch)
-    assert second.cached and second.manifest == first.manifest and len(fetch.calls) == 7
+    assert second.cached and second.manifest == first.manifest and len(fetch.calls) == 8
     # other options -> rebuilt from the package cache without fetching again
     third = build(tmp_path, fetch, options=PrepareOptions(image_size=24, heldout=2, shard_size=2))
-    assert not third.cached and len(fetch.calls) == 7
+    assert not third.cached and len(fetch.calls) == 8
     assert Image.open(next((tmp_path / "zeroshot" / "noto").glob("*/*.png"))).size == (24, 24)
     # damaged outputs are not mistaken for a complete build
     bigger = PrepareOptions(image_size=24, heldout=2, shard_size=2)
@@ -213,7 +225,7 @@ def test_second_build_is_cached_and_force_rebuilds(tmp_path):
     assert not build(tmp_path, fetch, options=bigger).cached
     assert build(tmp_path, fetch, options=bigger).cached
     assert not build(tmp_path, fetch, options=bigger, force=True).cached
-    assert len(fetch.calls) == 7
+    assert len(fetch.calls) == 8
 
 
 def test_fetch_failure_names_packages_and_leaves_no_outputs(tmp_path):
@@ -223,7 +235,7 @@ def test_fetch_failure_names_packages_and_leaves_no_outputs(tmp_path):
     message = str(err.value)
     assert "tuxpaint-stamps-default" in message and "openmoji" in message and "openclipart-png" not in message
     assert "apt-get download tuxpaint-stamps-default" in message and "\n" not in message
-    assert len(fetch.calls) == 7  # every package was tried
+    assert len(fetch.calls) == 8  # every package was tried
     assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "train").exists()
     assert sorted(p.name for p in (tmp_path / "packages").iterdir()) == sorted(
         n for n in fetch.calls if n not in fetch.fail)  # no half-fetched package folders
@@ -233,9 +245,27 @@ def test_fetch_failure_names_packages_and_leaves_no_outputs(tmp_path):
     assert sorted(retry.calls) == ["openmoji", "tuxpaint-stamps-default"]
 
 
+def test_fluent_styles_option_chooses_styles_and_none_skips_the_package(tmp_path):
+    flat = build(tmp_path / "flat", options=PrepareOptions(image_size=16, heldout=2, shard_size=2,
+                                                           fluent_styles="flat")).manifest
+    assert flat["train"]["by_source"]["fluent"] == 2  # grinning face and dog face; the star copy is dropped
+    fetch = FixtureFetch()
+    none = build(tmp_path / "none", fetch, options=PrepareOptions(image_size=16, heldout=2, shard_size=2,
+                                                                  fluent_styles="")).manifest
+    assert "fluentui-emoji" not in fetch.calls and len(fetch.calls) == 7
+    assert none["train"]["by_source"]["fluent"] == 0 and not list((tmp_path / "none" / "train").glob("fluent-*"))
+    assert "fluentui-emoji" not in {p["name"] for p in none["packages"]}
+    assert "Fluent" not in (tmp_path / "none" / "NOTICE.md").read_text()
+    # the other sources do not depend on the Fluent styles
+    others = {k: v for k, v in none["train"]["by_source"].items() if k != "fluent"}
+    assert others == {k: v for k, v in flat["train"]["by_source"].items() if k != "fluent"}
+
+
 def test_bad_options_raise_config_error(tmp_path):
     with pytest.raises(ConfigError, match="image size"):
         build(tmp_path, options=PrepareOptions(image_size=2))
+    with pytest.raises(ConfigError, match="unknown Fluent Emoji style.*'3d'.*flat, modern, high-contrast"):
+        build(tmp_path, options=PrepareOptions(fluent_styles="flat,3d"))
     assert not tmp_path.joinpath("packages").exists()
 
 

@@ -82,3 +82,11 @@ def test_class_tables_map_folders_and_subgroups():
     assert noto_class("country-flag") == "national flag"
     assert noto_class("keycap") == ""
     assert hexcode("0023-fe0f-20e3") == "0023-20E3"
+
+
+def test_emoji_name_key_matches_fluent_file_names_to_cldr_names():
+    from evaclip.data.offline.sources import emoji_name_key
+    for cldr, stem in (("A button (blood type)", "a-button-blood-type"), ("woman’s hat", "womans-hat"),
+                       ("keycap: 1", "keycap-1"), ("flag: France", "flag-france"), ("1st place medal", "1st-place-medal")):
+        assert emoji_name_key(cldr) == emoji_name_key(stem)
+    assert emoji_name_key("dog face") != emoji_name_key("dog")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 import tarfile
 from pathlib import Path
@@ -74,3 +75,37 @@ def test_the_split_is_reproducible_and_cached(tmp_path):
     assert search.make_split(tmp_path / "train", tmp_path / "a", val_fraction=0.25, seed=3) == a
     with pytest.raises(SystemExit, match="another --out"):  # nor silently reused with other settings
         search.make_split(tmp_path / "train", tmp_path / "a", val_fraction=0.5, seed=3)
+
+
+def _fluent_shard(root: Path) -> None:
+    """Fluent Emoji samples in two styles whose captions repeat the other sources' (plus one of their own)."""
+    with tarfile.open(root / "fluent-00000.tar", "w") as tar:
+        for i in range(22):
+            style = "flat" if i % 2 else "high-contrast"
+            key, caption = f"f_{i:03d}", f"thing {i % 21}"  # "thing 20" exists only here
+            meta = json.dumps({"source": "fluent", "id": f"{style}/{i:04X}"}).encode()
+            for ext, data in (("png", _png(100 + i)), ("txt", caption.encode()), ("json", meta)):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_fluent_candidates_are_judged_on_the_same_validation_pairs(tmp_path):
+    _shards(tmp_path / "train")
+    base = search.make_split(tmp_path / "train", tmp_path / "base", val_fraction=0.25, seed=3)
+    _fluent_shard(tmp_path / "train")
+    none = search.make_split(tmp_path / "train", tmp_path / "none", val_fraction=0.25, seed=3)
+    flat = search.make_split(tmp_path / "train", tmp_path / "flat", val_fraction=0.25, seed=3,
+                             fluent_styles=("flat",))
+    val = (tmp_path / "base" / "val" / "captions.csv").read_text()
+    assert (tmp_path / "none" / "val" / "captions.csv").read_text() == val == \
+        (tmp_path / "flat" / "val" / "captions.csv").read_text()
+    assert base["val_digest"] == none["val_digest"] == flat["val_digest"]
+    assert sorted(_train_keys(tmp_path / "none")) == sorted(_train_keys(tmp_path / "base"))  # no Fluent sample
+    held = {line.split(",", 1)[1].lower() for line in val.splitlines()[1:]}
+    fluent = [k for k in _train_keys(tmp_path / "flat") if k.startswith("f_")]
+    # only flat samples (odd i), and none whose caption is held out
+    assert fluent and all(int(k[2:]) % 2 == 1 and f"thing {int(k[2:]) % 21}" not in held for k in fluent)
+    assert len(fluent) == sum(1 for i in range(1, 22, 2) if f"thing {i % 21}" not in held)
+    with pytest.raises(SystemExit, match="another --out"):
+        search.make_split(tmp_path / "train", tmp_path / "flat", val_fraction=0.25, seed=3)

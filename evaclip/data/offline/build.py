@@ -32,13 +32,13 @@ from evaclip.data.offline.fetch import FetchFn, fetch_from_registry, fetch_packa
 from evaclip.data.offline.leakage import (DUP_THRESHOLD, cap_per_class, first_unique, group_holdout,
                                           near_duplicates)
 from evaclip.data.offline.notice import notice_text
-from evaclip.data.offline.packages import PACKAGES, SOURCES, TRAIN_SOURCES
+from evaclip.data.offline.packages import PACKAGES, SOURCES, TRAIN_SOURCES, Package
 from evaclip.data.offline.render import render_all
 from evaclip.data.offline.sources import Item
 from evaclip.data.offline.writers import write_captions_csv, write_image_folder, write_shards
 from evaclip.errors import ConfigError
 
-RECIPE_VERSION = 3  # bump when the recipe changes, so cached outputs are rebuilt
+RECIPE_VERSION = 4  # bump when the recipe changes, so cached outputs are rebuilt
 ENV_VAR = "EVACLIP_DATA"
 DEFAULT_OUT = Path("data_cache") / "offline"
 OUTPUTS = ("train", "zeroshot", "retrieval", "NOTICE.md")
@@ -59,8 +59,18 @@ class PrepareOptions:
     # Also drop training images that are near-copies of Noto eval images (flags, hearts, moons, shapes look
     # alike in every emoji style). The reference prototype checked only Tux Paint and held-out openclipart.
     drop_noto_copies: bool = True
+    # Fluent Emoji styles added to the training pairs (comma-separated; "" for none). Not in the reference
+    # prototype: a further emoji source its notes name, added to give the demo teacher more pairs.
+    fluent_styles: str = "flat,modern,high-contrast"
+
+    def styles(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.fluent_styles.split(",") if s.strip())
 
     def validate(self) -> None:
+        unknown = [s for s in self.styles() if s not in src.FLUENT_STYLES]
+        if unknown:
+            raise ConfigError(f"unknown Fluent Emoji style(s) {unknown}; choose from {', '.join(src.FLUENT_STYLES)} "
+                              f"(comma-separated), or '' for none")
         if not 8 <= self.image_size <= 1024:
             raise ConfigError(f"image size {self.image_size} is out of range; use 8..1024 pixels (e.g. 64)")
         if self.shard_size < 1:
@@ -105,6 +115,11 @@ def up_to_date(out: Path, options: PrepareOptions) -> dict | None:
     return manifest if manifest.get("outputs") == _output_stats(out) else None
 
 
+def needed_packages(options: PrepareOptions) -> list[Package]:
+    """Every package, less Fluent Emoji when no Fluent style is asked for."""
+    return [p for p in PACKAGES if p.name != "fluentui-emoji" or options.styles()]
+
+
 # ---------------------------------------------------------------------------------- list + render
 @dataclass
 class Rendered:
@@ -124,9 +139,12 @@ class Rendered:
         return np.stack(self.images) if self.images else np.zeros((0, 1, 1, 3), np.uint8)
 
 
-def list_items(roots: dict[str, Path], options: PrepareOptions) -> dict[str, list[Item]]:
-    """Items of every source, from the unpacked package roots (package name -> folder)."""
+def list_items(roots: dict[str, Path], options: PrepareOptions) -> tuple[dict[str, list[Item]], dict]:
+    """Items of every source, from the unpacked package roots (package name -> folder), and listing notes."""
     texts = src.emoji_texts(roots["openmoji"])
+    fluent = src.fluent_items(roots["fluentui-emoji"], texts, options.styles()) if options.styles() \
+        else src.FluentListing([], [])
+    notes = {"fluent_names_not_in_cldr": fluent.unmatched}
     return {
         "openclipart": src.openclipart_items(roots["openclipart-png"], roots["openclipart-svg"],
                                              random.Random(f"{options.seed}-stars"), options.stars_kept),
@@ -135,7 +153,8 @@ def list_items(roots: dict[str, Path], options: PrepareOptions) -> dict[str, lis
         "emojione": src.gemojione_items(roots["ruby-gemojione"], texts),
         "tuxpaint": src.tuxpaint_items(roots["tuxpaint-stamps-default"]),
         "noto": src.datasource_items(roots["emoji-datasource-google"], "google", "noto", texts),
-    }
+        "fluent": fluent.items,
+    }, notes
 
 
 def render_source(name: str, items: list[Item], size: int, workers: int, progress: bool) -> Rendered:
@@ -246,7 +265,7 @@ def write_all(tmp: Path, splits: Splits, options: PrepareOptions, versions: dict
         "image_size": options.image_size,
         "seed": options.seed,
         "packages": [{"name": p.name, "registry": p.registry, "version": versions.get(p.name, ""),
-                      "licence": p.licence} for p in PACKAGES],
+                      "licence": p.licence} for p in PACKAGES if p.name in versions],
         "train": {"samples": sum(v["samples"] for v in by_source.values()),
                   "by_source": {k: v["samples"] for k, v in by_source.items()},
                   "shards": sum(len(v["shards"]) for v in by_source.values()), "shard_list": "train/shards.json"},
@@ -292,16 +311,17 @@ def prepare(out: str | Path | None = None, options: PrepareOptions = PrepareOpti
     for stale in out.glob(".tmp-build-*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
     timings: dict[str, float] = {}
-    fetched = fetch_packages(PACKAGES, Path(package_dir) if package_dir else out / "packages", fetch_fn,
+    fetched = fetch_packages(needed_packages(options), Path(package_dir) if package_dir else out / "packages", fetch_fn,
                              progress=progress)
     timings["fetch_s"] = time.perf_counter() - started
     t = time.perf_counter()
-    items = list_items({name: f.root for name, f in fetched.items()}, options)
+    items, notes = list_items({name: f.root for name, f in fetched.items()}, options)
     workers = workers or os.cpu_count() or 1
     rendered = {name: render_source(name, its, options.image_size, workers, progress) for name, its in items.items()}
     timings["render_s"] = time.perf_counter() - t
     t = time.perf_counter()
     splits = make_splits(rendered, options)
+    splits.leakage.update(notes)
     timings["split_s"] = time.perf_counter() - t
     t = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-build-", dir=out))

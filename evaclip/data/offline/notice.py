@@ -11,6 +11,7 @@ _TERMS = {
     "GPL-2.0-or-later": "GNU GPL version 2 or later: redistributions must offer the source (the Debian "
                         "package tuxpaint-stamps-default) under the same licence.",
     "Apache-2.0": "Apache License 2.0: keep this notice with redistributed copies.",
+    "MIT": "MIT licence: keep the copyright notice (this file) with copies of the images.",
 }
 
 _WHERE = {
@@ -18,13 +19,14 @@ _WHERE = {
     "twemoji": "train/twemoji-*.tar",
     "openmoji": "train/openmoji-*.tar (captions of all emoji also use OpenMoji's CLDR data)",
     "emojione": "train/emojione-*.tar",
+    "fluent": "train/fluent-*.tar (style/code point in each sample's id)",
     "tuxpaint": "zeroshot/tuxpaint/, retrieval/tuxpaint_sentences/",
     "noto": "zeroshot/noto/, retrieval/noto_names/",
 }
 
 
 def notice_text(versions: dict[str, str]) -> str:
-    """The NOTICE.md text for packages fetched at ``versions`` (package name -> version)."""
+    """The NOTICE.md text for the packages fetched at ``versions`` (package name -> version); only those."""
     by_name = {p.name: p for p in PACKAGES}
     lines = [
         "# NOTICE: offline evaclip data",
@@ -37,12 +39,16 @@ def notice_text(versions: dict[str, str]) -> str:
         "",
     ]
     for source, (package, licence) in SOURCES.items():
+        if package not in versions:  # a source left out of this build (e.g. no Fluent Emoji style asked for)
+            continue
         lines.append(f"- **{source}** ({_WHERE[source]}): {licence}. {_TERMS[licence]}")
     lines += ["", "The training shards as a whole contain CC-BY-SA-4.0 images (OpenMoji, EmojiOne): a data set "
               "derived from them must stay under CC-BY-SA-4.0. The Tux Paint sets are GPL-2.0-or-later.",
               "", "## Packages and attributions", ""]
     for p in PACKAGES:
-        version = versions.get(p.name, p.version or "?")
+        if p.name not in versions:
+            continue
+        version = versions[p.name]
         lines.append(f"- `{p.name}` {version} ({p.registry}): {by_name[p.name].licence}. {p.attribution} "
                      f"Used for: {p.used_for}.")
     return "\n".join(lines) + "\n"

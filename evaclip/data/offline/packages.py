@@ -42,6 +42,9 @@ PACKAGES: tuple[Package, ...] = (
     Package("openmoji", "npm", "17.0.0", "CC-BY-SA-4.0",
             "OpenMoji, the open-source emoji and icon project, CC-BY-SA-4.0 (openmoji.org).",
             "training pairs (OpenMoji style) and CLDR names/keywords for every emoji caption"),
+    Package("fluentui-emoji", "npm", "1.3.0", "MIT",
+            "Fluent Emoji graphics (c) Microsoft Corporation, MIT; npm packaging (c) 2022 Mohammad Abu Mattar, MIT.",
+            "training pairs (Fluent Emoji styles)"),
 )
 
 PACKAGES_BY_NAME: dict[str, Package] = {p.name: p for p in PACKAGES}
@@ -52,7 +55,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "twemoji": ("emoji-datasource-twitter", "CC-BY-4.0"),
     "openmoji": ("openmoji", "CC-BY-SA-4.0"),
     "emojione": ("ruby-gemojione", "CC-BY-SA-4.0"),
+    "fluent": ("fluentui-emoji", "MIT"),
     "tuxpaint": ("tuxpaint-stamps-default", "GPL-2.0-or-later"),
     "noto": ("emoji-datasource-google", "Apache-2.0"),
 }
-TRAIN_SOURCES: tuple[str, ...] = ("openclipart", "twemoji", "openmoji", "emojione")
+TRAIN_SOURCES: tuple[str, ...] = ("openclipart", "twemoji", "openmoji", "emojione", "fluent")

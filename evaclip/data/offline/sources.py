@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import random
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,3 +191,54 @@ def gemojione_items(pkg: Path, texts: dict[str, EmojiText]) -> list[Item]:
         items.append(Item("emojione", hx, png, cap.emoji_caption(text.name, list(text.tags)),
                           subgroup=text.subgroup, group=text.name.lower()))
     return sorted(items, key=lambda it: it.id)
+
+
+# Fluent Emoji file-name suffixes of the skin-tone variants; "-default" marks the default tone of such an emoji.
+FLUENT_TONES = ("-light", "-medium-light", "-medium", "-medium-dark", "-dark")
+FLUENT_STYLES = ("flat", "modern", "high-contrast")
+# Subgroups left out of every emoji style but Twemoji's (flags) or left out everywhere (components, brands).
+EMOJI_SKIP_SUBGROUPS = ("country-flag", "brand", "skin-tone", "hair-style")
+
+
+def emoji_name_key(name: str) -> str:
+    """A spelling-free key for CLDR names: "A button (blood type)" and "a-button-blood-type" agree."""
+    return re.sub(r"[^a-z0-9]+", " ", name.lower().replace("\u2019", "").replace("'", "")).strip()
+
+
+@dataclass
+class FluentListing:
+    items: list[Item]
+    unmatched: list[str]  # file stems whose name is not a CLDR name OpenMoji knows (left out)
+
+
+def fluent_items(pkg: Path, texts: dict[str, EmojiText], styles: tuple[str, ...]) -> FluentListing:
+    """Microsoft's Fluent Emoji (npm ``fluentui-emoji``): one SVG per emoji and style, named by its CLDR name.
+
+    Files carry no code points, so each name is matched to OpenMoji's CLDR data; the caption is then exactly
+    the one the other styles give that emoji (so caption groups line up across styles). Skin-tone variants
+    are skipped (the ``-default`` file stands for the emoji), as are flags, brands and components.
+    """
+    by_key: dict[str, str] = {}
+    for hx in sorted(texts):
+        if not any(t in hx for t in ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF")):
+            by_key.setdefault(emoji_name_key(texts[hx].name), hx)
+    items, unmatched = [], []
+    for style in styles:
+        if style not in FLUENT_STYLES:
+            raise DatasetError(f"unknown Fluent Emoji style {style!r}; choose from {', '.join(FLUENT_STYLES)}")
+        folder = _need(pkg / NPM_ROOT / "icons" / style, "fluentui-emoji")
+        for svg in sorted(folder.glob("*.svg")):
+            stem = svg.stem
+            if stem.endswith(FLUENT_TONES):
+                continue
+            hx = by_key.get(emoji_name_key(stem.removesuffix("-default")))
+            if hx is None:
+                if style == styles[0]:
+                    unmatched.append(stem)
+                continue
+            text = texts[hx]
+            if text.subgroup in EMOJI_SKIP_SUBGROUPS:
+                continue
+            items.append(Item("fluent", f"{style}/{hx}", svg, cap.emoji_caption(text.name, list(text.tags)),
+                              subgroup=text.subgroup, group=text.name.lower()))
+    return FluentListing(sorted(items, key=lambda it: it.id), unmatched)
