@@ -58,6 +58,9 @@ CANDIDATES: dict[str, dict] = {
     "fluent_all": {"steps": 2000, "fluent": ("flat", "modern", "high-contrast")},
     "fluent_flat": {"steps": 2000, "fluent": ("flat",)},
     "fluent_flat_hc": {"steps": 2000, "fluent": ("flat", "high-contrast")},
+    # round 4: more pairs per step budget -> fewer epochs per pair; give the larger sets more steps
+    "fluent_all_3000": {"steps": 3000, "fluent": ("flat", "modern", "high-contrast")},
+    "fluent_flat_hc_3000": {"steps": 3000, "fluent": ("flat", "high-contrast")},
 }
 
 

@@ -9,7 +9,10 @@ evaclip's modules use (``visual.*``, ``text.*``, ``logit_scale``):
 - ``vision``: unprefixed vision-tower keys (``patch_embed.*``, ``blocks.*``...), e.g. the masked-image-modeling
   files, which also carry ``mask_token`` and ``lm_head.*`` (skipped when loading into a CLIP);
 - any of these wrapped in ``{"module"|"model"|"state_dict": ...}`` and/or with ``module.`` key prefixes
-  (DeepSpeed files).
+  (DeepSpeed files);
+- ``hf``: the Hugging Face port (``vision_model.*``, ``text_model.*``, ``*_projection.weight``), converted by
+  :mod:`evaclip.models.hf_port`; its sharded folders (``model.safetensors.index.json`` or
+  ``pytorch_model.bin.index.json``) are read as one checkpoint.
 
 RoPE frequency tables stored by the official code are ignored (evaclip rebuilds them from the config), a 0-d
 ``logit_scale`` becomes shape (1,), and position embeddings of another grid size are interpolated.
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaclip.errors import CheckpointError
+from evaclip.models.hf_port import hf_to_training, is_hf_port
 
 StateDict = dict[str, torch.Tensor]
 
@@ -50,8 +54,7 @@ def read_file(path: str | os.PathLike) -> Mapping:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
-        raise CheckpointError(f"{path} is a directory; pass a checkpoint file (.safetensors, .pt or .bin). "
-                              "For a training run, use its final.safetensors, or continue it with resume=PATH")
+        return _read_folder(path)
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the file was not written completely")
     if _is_safetensors(path):
@@ -73,6 +76,42 @@ def read_file(path: str | os.PathLike) -> Mapping:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}; "
                               "the file may be truncated or not a PyTorch checkpoint") from None
+
+
+# A Hugging Face model folder: one weights file, or shards listed by an index (weight name -> shard file).
+_HF_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_HF_SINGLE = ("model.safetensors", "pytorch_model.bin")
+
+
+def _read_folder(path: Path) -> Mapping:
+    """Read a Hugging Face model folder: its single weights file, or every shard its index names, merged."""
+    import json
+    for name in _HF_INDEXES:
+        index_path = path / name
+        if not index_path.is_file():
+            continue
+        try:
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index_path} is not a valid shard index ({type(e).__name__}: {e}); "
+                                  "re-download the model folder") from None
+        merged: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (path / shard).is_file():
+                raise CheckpointError(f"{index_path.name} names the shard {shard}, which is missing from {path}; "
+                                      "the download is incomplete")
+            merged.update(unwrap(read_file(path / shard)))
+        absent = [k for k in weight_map if k not in merged]
+        if absent:
+            raise CheckpointError(f"{len(absent)} tensors listed in {index_path.name} are in none of its shards "
+                                  f"(e.g. {absent[0]}); re-download the model folder")
+        return merged
+    for name in _HF_SINGLE:
+        if (path / name).is_file():
+            return read_file(path / name)
+    raise CheckpointError(f"{path} is a directory without a weights file; pass a checkpoint file (.safetensors, "
+                          f".pt or .bin) or a Hugging Face model folder ({', '.join(_HF_INDEXES + _HF_SINGLE)}). "
+                          "For a training run, use its final.safetensors, or continue it with resume=PATH")
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -104,6 +143,8 @@ def unwrap(obj: Mapping) -> StateDict:
 # ---------------------------------------------------------------------------------------------------------
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     keys = list(sd)
+    if is_hf_port(sd):
+        return "hf"
     if any(k.startswith("visual.") or k.startswith("text.") for k in keys):
         return "flat" if any(k.startswith(_FLAT_TEXT) for k in keys) else "training"
     if any(k.startswith(_FLAT_TEXT) for k in keys):
@@ -121,6 +162,9 @@ def to_training_layout(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, str, 
     which are rebuilt; the masked-image-modeling head and mask token, which a CLIP does not have).
     """
     layout = detect_layout(sd)
+    if layout == "hf":
+        out, dropped = hf_to_training(sd)
+        return out, layout, dropped
     out: StateDict = {}
     dropped: list[str] = []
     for key, value in sd.items():

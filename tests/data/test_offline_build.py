@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,7 +23,7 @@ from evaclip.errors import ConfigError, EvaclipError
 pytest.importorskip("cairosvg", reason="cairosvg (pip) and libcairo2 (apt) render the SVG art")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "offline"
-OPTIONS = PrepareOptions(image_size=16, heldout=2, shard_size=2)
+OPTIONS = PrepareOptions(image_size=16, heldout=2, shard_size=2, fluent_styles="flat,modern,high-contrast")
 
 
 class FixtureFetch:
@@ -216,11 +217,11 @@ def test_second_build_is_cached_and_force_rebuilds(tmp_path):
     second = build(tmp_path, fetch)
     assert second.cached and second.manifest == first.manifest and len(fetch.calls) == 8
     # other options -> rebuilt from the package cache without fetching again
-    third = build(tmp_path, fetch, options=PrepareOptions(image_size=24, heldout=2, shard_size=2))
+    third = build(tmp_path, fetch, options=dataclasses.replace(OPTIONS, image_size=24))
     assert not third.cached and len(fetch.calls) == 8
     assert Image.open(next((tmp_path / "zeroshot" / "noto").glob("*/*.png"))).size == (24, 24)
     # damaged outputs are not mistaken for a complete build
-    bigger = PrepareOptions(image_size=24, heldout=2, shard_size=2)
+    bigger = dataclasses.replace(OPTIONS, image_size=24)
     next((tmp_path / "train").glob("*.tar")).unlink()
     assert not build(tmp_path, fetch, options=bigger).cached
     assert build(tmp_path, fetch, options=bigger).cached

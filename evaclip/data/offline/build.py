@@ -59,9 +59,10 @@ class PrepareOptions:
     # Also drop training images that are near-copies of Noto eval images (flags, hearts, moons, shapes look
     # alike in every emoji style). The reference prototype checked only Tux Paint and held-out openclipart.
     drop_noto_copies: bool = True
-    # Fluent Emoji styles added to the training pairs (comma-separated; "" for none). Not in the reference
-    # prototype: a further emoji source its notes name, added to give the demo teacher more pairs.
-    fluent_styles: str = "flat,modern,high-contrast"
+    # Fluent Emoji styles added to the training pairs (comma-separated from FLUENT_STYLES; "" for none). Not in
+    # the reference prototype, which names it as a further source. Off by default: on held-out training pairs
+    # it did not help the demo teacher (docs/demo/recipe_search.md).
+    fluent_styles: str = ""
 
     def styles(self) -> tuple[str, ...]:
         return tuple(s.strip() for s in self.fluent_styles.split(",") if s.strip())

@@ -1,0 +1,157 @@
+"""State-dict adapter for the Hugging Face port of EVA-CLIP (``BAAI/EVA-CLIP-8B``, ``-8B-448``, ``-18B``, which
+``transformers`` loads with ``trust_remote_code``), into evaclip's training layout.
+
+The port's ``modeling_evaclip.py`` (HF-CLIP style) renames the tensors and splits the fused ones:
+
+    vision_model.embeddings.class_embedding  (W)            -> visual.cls_token  (1, 1, W)
+    vision_model.embeddings.patch_embedding.*                -> visual.patch_embed.proj.*
+    vision_model.embeddings.position_embedding.weight (N+1, W) -> visual.pos_embed  (1, N+1, W)
+    vision_model.encoder.layers.{i}.layer_norm{1,2}.*        -> visual.blocks.{i}.norm{1,2}.*
+        .self_attn.{q,k,v}_proj.weight                       -> visual.blocks.{i}.attn.qkv.weight (stacked q, k, v)
+        .self_attn.{q,v}_proj.bias                           -> visual.blocks.{i}.attn.{q,v}_bias
+        .self_attn.out_proj.*                                -> visual.blocks.{i}.attn.proj.*
+        .mlp.fc{1,2}.*                                       -> visual.blocks.{i}.mlp.fc{1,2}.*
+    vision_model.post_layernorm.*                            -> visual.norm.*
+    visual_projection.weight                                 -> visual.head.weight
+    text_model.embeddings.token_embedding.weight             -> text.token_embedding.weight
+    text_model.embeddings.position_embedding.weight          -> text.positional_embedding
+    text_model.encoder.layers.{i}.layer_norm{1,2}.*          -> text.transformer.resblocks.{i}.ln_{1,2}.*
+        .self_attn.{q,k,v}_proj.{weight,bias}                -> ...attn.in_proj_{weight,bias} (stacked)
+        .self_attn.out_proj.*                                -> ...attn.out_proj.*
+        .mlp.fc1.* / .mlp.fc2.*                              -> ...mlp.c_fc.* / ...mlp.c_proj.*
+    text_model.final_layer_norm.*                            -> text.ln_final.*
+    text_projection.weight  (E, Wt)                          -> text.text_projection  (Wt, E)
+
+The port's ``post_layernorm`` *config flag* (res-post-norm blocks) is a property of the architecture, which the
+evaclip model config states as ``postnorm``; the port has no RoPE and no SwiGLU, like the 8B and 18B models it
+serves. It stores no temperature (it multiplies by a fixed 100), so a whole-model file gets ``logit_scale =
+ln 100``. A vision k-projection bias is dropped: EVA's attention has none (the official code fixes it at zero),
+and it cannot change the output anyway (it adds the same q.b_k to every logit of a query).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Mapping
+
+import torch
+
+from evaclip.errors import CheckpointError
+
+StateDict = dict[str, torch.Tensor]
+
+HF_ROOTS = ("vision_model.", "text_model.", "visual_projection.")
+
+_VISION_RENAMES = (
+    ("embeddings.patch_embedding.", "patch_embed.proj."),
+    ("post_layernorm.", "norm."),
+)
+_LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
+_VISION_LAYER_RENAMES = {"layer_norm1.": "norm1.", "layer_norm2.": "norm2.", "self_attn.out_proj.": "attn.proj.",
+                         "mlp.fc1.": "mlp.fc1.", "mlp.fc2.": "mlp.fc2."}
+_TEXT_LAYER_RENAMES = {"layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.", "self_attn.out_proj.": "attn.out_proj.",
+                       "mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj."}
+
+
+def is_hf_port(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith(HF_ROOTS) for k in sd)
+
+
+def _rename(rest: str, table: Mapping[str, str]) -> str | None:
+    for old, new in table.items():
+        if rest.startswith(old):
+            return new + rest[len(old):]
+    return None
+
+
+def _stack_qkv(parts: dict[str, torch.Tensor], where: str, kind: str, width: int | None = None
+               ) -> torch.Tensor | None:
+    """Stack q, k, v tensors ("weight" or "bias"); absent biases are zero, as an absent bias means."""
+    if kind == "weight":
+        missing = [p for p in "qkv" if p not in parts]
+        if missing:
+            raise CheckpointError(f"the HF-port checkpoint lacks {where}.self_attn.{missing[0]}_proj.weight; "
+                                  "the file is incomplete")
+        return torch.cat([parts["q"], parts["k"], parts["v"]])
+    if not parts:
+        return None
+    ref = next(iter(parts.values()))
+    return torch.cat([parts.get(p, torch.zeros_like(ref)) for p in "qkv"])
+
+
+def hf_to_training(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]]:
+    """Convert an HF-port state dict to evaclip's training layout; returns it and the keys left out on purpose."""
+    out: StateDict = {}
+    dropped: list[str] = []
+    attn: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}  # (tower, layer, weight|bias) -> {q,k,v}
+    for key, value in sd.items():
+        if key.endswith("position_ids"):  # an index buffer, not a weight
+            dropped.append(key)
+            continue
+        if key == "visual_projection.weight":
+            out["visual.head.weight"] = value
+            continue
+        if key == "text_projection.weight":
+            out["text.text_projection"] = value.t().contiguous()
+            continue
+        if key == "logit_scale":
+            out["logit_scale"] = value.reshape(1)
+            continue
+        tower, _, rest = key.partition(".")
+        if tower not in ("vision_model", "text_model"):
+            raise CheckpointError(f"unexpected key {key!r} in an HF-port EVA-CLIP checkpoint")
+        layer = _LAYER.fullmatch(rest)
+        if layer:
+            i, tail = int(layer.group(1)), layer.group(2)
+            proj = re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", tail)
+            if proj:
+                attn.setdefault((tower, i, proj.group(2)), {})[proj.group(1)] = value
+                continue
+            table = _VISION_LAYER_RENAMES if tower == "vision_model" else _TEXT_LAYER_RENAMES
+            new = _rename(tail, table)
+            if new is None:
+                raise CheckpointError(f"unexpected key {key!r} in an HF-port EVA-CLIP checkpoint")
+            out[f"visual.blocks.{i}.{new}" if tower == "vision_model"
+                else f"text.transformer.resblocks.{i}.{new}"] = value
+            continue
+        if tower == "vision_model":
+            if rest == "embeddings.class_embedding":
+                out["visual.cls_token"] = value.reshape(1, 1, -1)
+            elif rest == "embeddings.position_embedding.weight":
+                out["visual.pos_embed"] = value.unsqueeze(0)
+            else:
+                new = _rename(rest, dict(_VISION_RENAMES))
+                if new is None:
+                    raise CheckpointError(f"unexpected key {key!r} in an HF-port EVA-CLIP checkpoint")
+                out["visual." + new] = value
+        else:
+            if rest == "embeddings.token_embedding.weight":
+                out["text.token_embedding.weight"] = value
+            elif rest == "embeddings.position_embedding.weight":
+                out["text.positional_embedding"] = value
+            elif rest.startswith("final_layer_norm."):
+                out["text.ln_final." + rest[len("final_layer_norm."):]] = value
+            else:
+                raise CheckpointError(f"unexpected key {key!r} in an HF-port EVA-CLIP checkpoint")
+
+    for (tower, i, kind), parts in sorted(attn.items()):
+        where = f"{tower}.encoder.layers.{i}"
+        if tower == "text_model":
+            stacked = _stack_qkv(parts, where, kind)
+            out[f"text.transformer.resblocks.{i}.attn.in_proj_{kind}"] = stacked
+        elif kind == "weight":
+            out[f"visual.blocks.{i}.attn.qkv.weight"] = _stack_qkv(parts, where, kind)
+        else:
+            if "k" in parts:  # adds q.b_k, the same for every key of a query: softmax ignores it
+                dropped.append(f"{where}.self_attn.k_proj.bias")
+            for p in "qv":
+                if p in parts:
+                    out[f"visual.blocks.{i}.attn.{p}_bias"] = parts[p]
+    if "visual.head.weight" in out and any(k.endswith(".attn.q_bias") for k in out):
+        # The official 18B code gives the head a bias exactly when the blocks have q/v biases; the port's
+        # projection has none, which is a zero bias.
+        out["visual.head.bias"] = torch.zeros(out["visual.head.weight"].shape[0], dtype=out["visual.head.weight"].dtype)
+    if any(k.startswith("visual.") for k in out) and any(k.startswith("text.") for k in out) \
+            and "logit_scale" not in out:
+        out["logit_scale"] = torch.tensor([math.log(100.0)])  # the port's fixed temperature
+    return out, dropped
