@@ -7,8 +7,10 @@ validation pairs. The winner is then run on the full training set by ``evaclip d
 measured once, afterwards.
 
     python scripts/demo_recipe_search.py --out /tmp/recipe_search [--only base,long] [--seed 0]
+    # the fluent_* candidates need a build with Fluent Emoji: --data DIR of
+    # `evaclip data prepare --out DIR --fluent-styles flat,modern,high-contrast` (other rows are unchanged by it)
 
-Writes OUT/split/{train/*.tar, val/captions.csv + images/}, OUT/<candidate>-seed<k>/ (the run) and OUT/results.json
+Writes OUT/split[-<fluent styles>]/{train/*.tar, val/captions.csv + images/}, OUT/<candidate>-seed<k>/ (the run) and OUT/results.json
 (one row per candidate: validation recall, final training loss, wall time).
 """
 from __future__ import annotations

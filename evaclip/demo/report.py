@@ -176,6 +176,10 @@ def write_report(results: dict[str, Any], path: Path, plots: list[str]) -> Path:
         "(same recipe, 2000 steps, 3 seeds) scored Tux Paint 13.5 ± 0.8 / Noto 23.5 ± 3.5 / openclipart "
         "image→text R@5 7.4 ± 0.7 on the test sets, no better than the EVA02 block, so the gap to the "
         "reference's 17.6 is not the block. What else differed in that one-seed measurement is not known.",
+        "- More training pairs, judged the same way (same validation pairs): Microsoft's Fluent Emoji "
+        "(`evaclip data prepare --fluent-styles`, up to 4,515 more pairs in three styles) gave validation R@5 "
+        "40.2-40.8 at 2000 steps and 41.1-41.7 at 3000, against 41.8 without it, so it is not in the demo's "
+        "data (it stays an option). No test set was looked at for it.",
         "",
         "## Plots",
         "",
