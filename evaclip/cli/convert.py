@@ -1,4 +1,5 @@
-"""``evaclip convert IN OUT``: rewrite a checkpoint of any official layout as a safetensors file.
+"""``evaclip convert IN OUT``: rewrite a checkpoint of any official layout (or the Hugging Face port's, file or
+sharded folder) as a safetensors file.
 
 The input is read safely (safetensors, or ``torch.load(weights_only=True)``), unwrapped (``module`` /
 ``model`` / ``state_dict``, DeepSpeed ``module.`` prefixes), normalised to the training layout, and written in
@@ -17,8 +18,10 @@ LAYOUTS = ("training", "flat", "vision")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Convert a checkpoint (.pt/.bin/.safetensors in the training, flat or vision-only "
-                          "layout, plain or wrapped as DeepSpeed/trainer files) to a safetensors file.")
-    parser.add_argument("input", type=Path, metavar="IN", help="checkpoint file to read")
+                          "layout, plain or wrapped as DeepSpeed/trainer files, or the Hugging Face port's "
+                          "layout, also as a sharded model folder) to a safetensors file.")
+    parser.add_argument("input", type=Path, metavar="IN",
+                        help="checkpoint file to read, or a Hugging Face model folder")
     parser.add_argument("output", type=Path, metavar="OUT", help="safetensors file to write (.safetensors)")
     parser.add_argument("--layout", choices=LAYOUTS, default="training",
                         help="key layout of OUT: training (visual.*, text.*, logit_scale), flat (visual.* + "

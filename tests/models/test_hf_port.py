@@ -246,3 +246,16 @@ def test_vision_only_hf_file_goes_into_the_visual_tower():
     assert report.ok and report.layout == "hf" and len(report.loaded) == len(model.visual.state_dict())
     assert torch.equal(model.visual.head.weight, sd["visual_projection.weight"])
     assert math.isclose(model.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)  # untouched
+
+
+def test_convert_cli_turns_an_hf_folder_into_one_training_layout_file(tmp_path, capsys):
+    from evaclip.cli.main import main
+    cfg = _cfg(True, False)
+    folder = _write_sharded(hf_state_dict(cfg), tmp_path / "EVA-CLIP")
+    out = tmp_path / "evaclip.safetensors"
+    assert main(["convert", str(folder), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "hf layout" in printed and "position_ids" not in printed
+    direct, converted = evaclip.create_model(cfg, pretrained=str(folder)), evaclip.create_model(cfg, pretrained=str(out))
+    for (k, a), (_, b) in zip(direct.state_dict().items(), converted.state_dict().items()):
+        assert torch.equal(a, b), k
