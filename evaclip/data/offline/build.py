@@ -232,7 +232,8 @@ def write_all(tmp: Path, splits: Splits, options: PrepareOptions, versions: dict
               progress: bool) -> dict:
     """Write every output into ``tmp`` and return the manifest (also written there)."""
     by_source = {}
-    for name in tqdm(TRAIN_SOURCES, desc="write shards", unit="source", disable=not progress, leave=False):
+    sources = [s for s in TRAIN_SOURCES if s != "fluent" or options.styles()]  # an opt-in source
+    for name in tqdm(sources, desc="write shards", unit="source", disable=not progress, leave=False):
         part = splits.train[name]
         shards = write_shards(tmp / "train", name, part.images, [it.caption for it in part.items],
                               [_sample_meta(it) for it in part.items], options.shard_size)
