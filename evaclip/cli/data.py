@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=PrepareOptions.seed, help="seed of the splits (default: %(default)s)")
     p.add_argument("--fluent-styles", default=PrepareOptions.fluent_styles,
                    help="Fluent Emoji styles in the training pairs, comma-separated from flat, modern, "
-                        "high-contrast; '' for none (default: %(default)s)")
+                        "high-contrast; '' for none (default: none)")
     p.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: all CPU cores)")
     p.add_argument("--packages", default=None, help="folder for the unpacked packages (default: OUT/packages)")

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaclip.errors import CheckpointError
+from evaclip.models import hf_port
 from evaclip.models.hf_port import hf_to_training, is_hf_port
 
 StateDict = dict[str, torch.Tensor]
@@ -95,6 +96,13 @@ def _read_folder(path: Path) -> Mapping:
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index_path} is not a valid shard index ({type(e).__name__}: {e}); "
                                   "re-download the model folder") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index_path} is not a valid shard index (its weight_map must map tensor "
+                                  "names to shard file names); re-download the model folder")
+        outside = [v for v in weight_map.values() if Path(v).name != v]
+        if outside:  # shards live in the folder itself; never follow a path out of it
+            raise CheckpointError(f"{index_path} names a shard outside its folder ({outside[0]!r}); refusing it")
+        hf_port.check_config(path)
         merged: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             if not (path / shard).is_file():
@@ -108,6 +116,7 @@ def _read_folder(path: Path) -> Mapping:
         return merged
     for name in _HF_SINGLE:
         if (path / name).is_file():
+            hf_port.check_config(path)
             return read_file(path / name)
     raise CheckpointError(f"{path} is a directory without a weights file; pass a checkpoint file (.safetensors, "
                           f".pt or .bin) or a Hugging Face model folder ({', '.join(_HF_INDEXES + _HF_SINGLE)}). "

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -88,8 +89,8 @@ def hf_to_training(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]
         if key.endswith("position_ids"):  # an index buffer, not a weight
             dropped.append(key)
             continue
-        if key == "visual_projection.weight":
-            out["visual.head.weight"] = value
+        if key in ("visual_projection.weight", "visual_projection.bias"):  # some ports give it a bias
+            out["visual.head." + key.rsplit(".", 1)[1]] = value
             continue
         if key == "text_projection.weight":
             out["text.text_projection"] = value.t().contiguous()
@@ -144,10 +145,13 @@ def hf_to_training(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]
         else:
             if "k" in parts:  # adds q.b_k, the same for every key of a query: softmax ignores it
                 dropped.append(f"{where}.self_attn.k_proj.bias")
-            for p in "qv":
-                if p in parts:
-                    out[f"visual.blocks.{i}.attn.{p}_bias"] = parts[p]
-    if "visual.head.weight" in out and any(k.endswith(".attn.q_bias") for k in out):
+            qv = {p: parts[p] for p in "qv" if p in parts}
+            if qv:  # EVA learns q and v biases together; an absent one of the pair is zero
+                ref = next(iter(qv.values()))
+                for p in "qv":
+                    out[f"visual.blocks.{i}.attn.{p}_bias"] = qv.get(p, torch.zeros_like(ref))
+    if "visual.head.weight" in out and "visual.head.bias" not in out \
+            and any(k.endswith(".attn.q_bias") for k in out):
         # The official 18B code gives the head a bias exactly when the blocks have q/v biases; the port's
         # projection has none, which is a zero bias.
         out["visual.head.bias"] = torch.zeros(out["visual.head.weight"].shape[0], dtype=out["visual.head.weight"].dtype)
@@ -155,3 +159,37 @@ def hf_to_training(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]
             and "logit_scale" not in out:
         out["logit_scale"] = torch.tensor([math.log(100.0)])  # the port's fixed temperature
     return out, dropped
+
+
+# What the adapter maps: the port's plain blocks. Config flags of other variants (as some forks of the port
+# add them) would load into the wrong computation if the shapes happened to fit, so they are refused.
+_EXACT_GELU = ("gelu",)
+_VARIANT_FLAGS = ("rope", "swiglu", "sub_ln", "subln")
+
+
+def check_config(folder: Path) -> None:
+    """Refuse a model folder whose ``config.json`` describes blocks this adapter does not map.
+
+    evaclip's towers use exact GELU; a ``hidden_act`` of anything else (``quick_gelu``...) or a truthy RoPE /
+    SwiGLU / sub-LN flag in the vision or text config would give silently different outputs.
+    """
+    import json
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise CheckpointError(f"{config_path} is not valid JSON ({e}); re-download the model folder") from None
+    for tower in ("vision_config", "text_config"):
+        sub = config.get(tower) if isinstance(config, dict) else None
+        if not isinstance(sub, dict):
+            continue
+        act = sub.get("hidden_act", "gelu")
+        if act not in _EXACT_GELU:
+            raise CheckpointError(f"{config_path}: {tower}.hidden_act is {act!r}, but evaclip's EVA-CLIP towers "
+                                  "use exact GELU; this checkpoint is not one the HF-port adapter can load")
+        flags = [k for k, v in sub.items() if v is True and any(f in k.lower() for f in _VARIANT_FLAGS)]
+        if flags:
+            raise CheckpointError(f"{config_path}: {tower} sets {', '.join(flags)}, a block variant the HF port of "
+                                  "EVA-CLIP-8B/18B does not have; convert it from the official .pt files instead")

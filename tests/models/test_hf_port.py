@@ -221,6 +221,41 @@ def test_bad_hf_folders_give_clear_errors(tmp_path):
     (tmp_path / "broken" / "model.safetensors.index.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not a valid shard index"):
         evaclip.create_model(cfg, pretrained=str(tmp_path / "broken"))
+    (tmp_path / "broken" / "model.safetensors.index.json").write_text('{"weight_map": []}')
+    with pytest.raises(CheckpointError, match="not a valid shard index.*weight_map must map"):
+        evaclip.create_model(cfg, pretrained=str(tmp_path / "broken"))
+    (tmp_path / "broken" / "model.safetensors.index.json").write_text('{"weight_map": {"a": "../x.safetensors"}}')
+    with pytest.raises(CheckpointError, match="outside its folder.*x.safetensors"):
+        evaclip.create_model(cfg, pretrained=str(tmp_path / "broken"))
+
+
+@pytest.mark.parametrize("text_config,message", [
+    ({"hidden_act": "quick_gelu"}, "text_config.hidden_act is 'quick_gelu'"),
+    ({"use_rope": True}, "text_config sets use_rope"),
+])
+def test_hf_folders_whose_config_names_other_blocks_are_refused(tmp_path, text_config, message):
+    cfg = _cfg(True, False)
+    folder = _write_sharded(hf_state_dict(cfg), tmp_path / "m")
+    (folder / "config.json").write_text(json.dumps({"vision_config": {"hidden_act": "gelu", "use_rope": False},
+                                                    "text_config": text_config}))
+    with pytest.raises(CheckpointError, match=message):
+        evaclip.create_model(cfg, pretrained=str(folder))
+    (folder / "config.json").write_text(json.dumps({"vision_config": {"hidden_act": "gelu"},
+                                                    "text_config": {"hidden_act": "gelu", "use_rope": False}}))
+    assert evaclip.create_model(cfg, pretrained=str(folder)) is not None  # the port's own settings load
+
+
+def test_projection_bias_and_a_lone_v_bias_are_mapped(tmp_path):
+    cfg = _cfg(False, True)
+    sd = hf_state_dict(cfg, vision_q_bias=True)
+    for i in range(cfg.vision_cfg.layers):  # only v biases: the q bias of the pair is zero
+        del sd[f"vision_model.encoder.layers.{i}.self_attn.q_proj.bias"]
+    sd["visual_projection.bias"] = torch.randn(cfg.embed_dim)
+    model = evaclip.create_model(cfg)
+    assert evaclip.load_checkpoint(model, sd).ok
+    assert torch.equal(model.visual.head.bias, sd["visual_projection.bias"])
+    assert not model.visual.blocks[0].attn.q_bias.any()
+    assert torch.equal(model.visual.blocks[0].attn.v_bias, sd["vision_model.encoder.layers.0.self_attn.v_proj.bias"])
 
 
 def test_hf_port_files_of_the_wrong_model_or_with_stray_keys_are_refused(tmp_path):
@@ -251,11 +286,17 @@ def test_vision_only_hf_file_goes_into_the_visual_tower():
 def test_convert_cli_turns_an_hf_folder_into_one_training_layout_file(tmp_path, capsys):
     from evaclip.cli.main import main
     cfg = _cfg(True, False)
-    folder = _write_sharded(hf_state_dict(cfg), tmp_path / "EVA-CLIP")
+    sd = hf_state_dict(cfg)
+    # what other exports of the port carry: index buffers (transformers' older saves) and a stored temperature
+    sd["vision_model.embeddings.position_ids"] = torch.arange(17).unsqueeze(0)
+    sd["text_model.embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
+    sd["logit_scale"] = torch.tensor(4.0)
+    folder = _write_sharded(sd, tmp_path / "EVA-CLIP")
     out = tmp_path / "evaclip.safetensors"
     assert main(["convert", str(folder), str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "hf layout" in printed and "position_ids" not in printed
+    assert "hf layout" in printed and "ignored 2" in printed and "position_ids" in printed
     direct, converted = evaclip.create_model(cfg, pretrained=str(folder)), evaclip.create_model(cfg, pretrained=str(out))
     for (k, a), (_, b) in zip(direct.state_dict().items(), converted.state_dict().items()):
         assert torch.equal(a, b), k
+    assert converted.logit_scale.item() == 4.0  # a stored temperature wins over the port's fixed 100

@@ -38,7 +38,7 @@ from evaclip.data.offline.sources import Item
 from evaclip.data.offline.writers import write_captions_csv, write_image_folder, write_shards
 from evaclip.errors import ConfigError
 
-RECIPE_VERSION = 4  # bump when the recipe changes, so cached outputs are rebuilt
+RECIPE_VERSION = 5  # bump when the recipe changes, so cached outputs are rebuilt
 ENV_VAR = "EVACLIP_DATA"
 DEFAULT_OUT = Path("data_cache") / "offline"
 OUTPUTS = ("train", "zeroshot", "retrieval", "NOTICE.md")
@@ -64,8 +64,14 @@ class PrepareOptions:
     # it did not help the demo teacher (docs/demo/recipe_search.md).
     fluent_styles: str = ""
 
+    def __post_init__(self) -> None:
+        # one spelling per set of styles, so "modern,flat" and "flat,modern" share a cache key
+        object.__setattr__(self, "fluent_styles", ",".join(self.styles()))
+
     def styles(self) -> tuple[str, ...]:
-        return tuple(s.strip() for s in self.fluent_styles.split(",") if s.strip())
+        """The asked-for styles, each once, in FLUENT_STYLES order (unknown names last, for validate)."""
+        asked = {s.strip() for s in self.fluent_styles.split(",") if s.strip()}
+        return tuple(s for s in src.FLUENT_STYLES if s in asked) + tuple(sorted(asked - set(src.FLUENT_STYLES)))
 
     def validate(self) -> None:
         unknown = [s for s in self.styles() if s not in src.FLUENT_STYLES]

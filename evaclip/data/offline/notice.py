@@ -11,7 +11,7 @@ _TERMS = {
     "GPL-2.0-or-later": "GNU GPL version 2 or later: redistributions must offer the source (the Debian "
                         "package tuxpaint-stamps-default) under the same licence.",
     "Apache-2.0": "Apache License 2.0: keep this notice with redistributed copies.",
-    "MIT": "MIT licence: keep the copyright notice (this file) with copies of the images.",
+    "MIT": "MIT licence: keep the copyright lines and the MIT permission notice (both in this file) with copies.",
 }
 
 _WHERE = {
@@ -23,6 +23,25 @@ _WHERE = {
     "tuxpaint": "zeroshot/tuxpaint/, retrieval/tuxpaint_sentences/",
     "noto": "zeroshot/noto/, retrieval/noto_names/",
 }
+
+
+# The MIT licence asks that its permission notice travel with copies, not just the copyright line.
+_MIT_TEXT = [
+    "Permission is hereby granted, free of charge, to any person obtaining a copy of this software and associated "
+    "documentation files (the \"Software\"), to deal in the Software without restriction, including without "
+    "limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies of the "
+    "Software, and to permit persons to whom the Software is furnished to do so, subject to the following "
+    "conditions:",
+    "",
+    "The above copyright notice and this permission notice shall be included in all copies or substantial "
+    "portions of the Software.",
+    "",
+    "THE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT NOT "
+    "LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO "
+    "EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN "
+    "AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE "
+    "OR OTHER DEALINGS IN THE SOFTWARE.",
+]
 
 
 def notice_text(versions: dict[str, str]) -> str:
@@ -51,4 +70,6 @@ def notice_text(versions: dict[str, str]) -> str:
         version = versions[p.name]
         lines.append(f"- `{p.name}` {version} ({p.registry}): {by_name[p.name].licence}. {p.attribution} "
                      f"Used for: {p.used_for}.")
+    if any(p.licence == "MIT" and p.name in versions for p in PACKAGES):
+        lines += ["", "## MIT licence (the parts marked MIT above)", "", *_MIT_TEXT]
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ import json
 import random
 import re
 import struct
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,8 +202,15 @@ EMOJI_SKIP_SUBGROUPS = ("country-flag", "brand", "skin-tone", "hair-style")
 
 
 def emoji_name_key(name: str) -> str:
-    """A spelling-free key for CLDR names: "A button (blood type)" and "a-button-blood-type" agree."""
-    return re.sub(r"[^a-z0-9]+", " ", name.lower().replace("\u2019", "").replace("'", "")).strip()
+    """A spelling-free key for CLDR names: "A button (blood type)" and "a-button-blood-type" agree, and so do
+    "piñata" and "pinata" (accents dropped)."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    return re.sub(r"[^a-z0-9]+", " ", plain.lower().replace("\u2019", "").replace("'", "")).strip()
+
+
+def _tone_variant(stem: str, stems: set[str]) -> bool:
+    """A skin-tone file: a tone suffix *and* a ``-default`` sibling ("police-car-light" is an emoji itself)."""
+    return any(stem.endswith(t) and stem[: -len(t)] + "-default" in stems for t in FLUENT_TONES)
 
 
 @dataclass
@@ -222,23 +230,24 @@ def fluent_items(pkg: Path, texts: dict[str, EmojiText], styles: tuple[str, ...]
     for hx in sorted(texts):
         if not any(t in hx for t in ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF")):
             by_key.setdefault(emoji_name_key(texts[hx].name), hx)
-    items, unmatched = [], []
+    items, unmatched = [], set()
     for style in styles:
         if style not in FLUENT_STYLES:
             raise DatasetError(f"unknown Fluent Emoji style {style!r}; choose from {', '.join(FLUENT_STYLES)}")
         folder = _need(pkg / NPM_ROOT / "icons" / style, "fluentui-emoji")
-        for svg in sorted(folder.glob("*.svg")):
+        files = sorted(folder.glob("*.svg"))
+        stems = {f.stem for f in files}
+        for svg in files:
             stem = svg.stem
-            if stem.endswith(FLUENT_TONES):
+            if _tone_variant(stem, stems):
                 continue
             hx = by_key.get(emoji_name_key(stem.removesuffix("-default")))
             if hx is None:
-                if style == styles[0]:
-                    unmatched.append(stem)
+                unmatched.add(stem)
                 continue
             text = texts[hx]
             if text.subgroup in EMOJI_SKIP_SUBGROUPS:
                 continue
             items.append(Item("fluent", f"{style}/{hx}", svg, cap.emoji_caption(text.name, list(text.tags)),
                               subgroup=text.subgroup, group=text.name.lower()))
-    return FluentListing(sorted(items, key=lambda it: it.id), unmatched)
+    return FluentListing(sorted(items, key=lambda it: it.id), sorted(unmatched))
