@@ -13,6 +13,7 @@ from evaclip.errors import ConfigError
 from evaclip.models.checkpoint import load_checkpoint
 from evaclip.models.clip import CLIP
 from evaclip.models.config import CLIPConfig, config_from_dict, load_config_file
+from evaclip.models.hf_port import config_from_hf, is_hf_folder
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ def list_models() -> list[str]:
 
 
 def get_model_config(name_or_path: str | Path | dict | CLIPConfig) -> CLIPConfig:
-    """A validated config from a built-in name, a JSON file path (official format), a dict, or a config."""
+    """A validated config from a built-in name, a JSON file path (official format), a Hugging Face port folder
+    (its ``config.json``), a dict, or a config."""
     if isinstance(name_or_path, CLIPConfig):
         name_or_path.validate()
         return name_or_path
@@ -45,6 +47,8 @@ def get_model_config(name_or_path: str | Path | dict | CLIPConfig) -> CLIPConfig
         return load_config_file(builtin)
     if name.endswith(".json") or Path(name).is_file():
         return load_config_file(name)
+    if is_hf_folder(Path(name)):  # a Hugging Face port folder (BAAI/EVA-CLIP-8B...): its config.json
+        return config_from_dict(config_from_hf(Path(name)), where=f"{name}/config.json")
     close = [m for m in list_models() if name.lower() in m.lower() or m.lower() in name.lower()]
     hint = f" Did you mean {', '.join(close[:3])}?" if close else ""
     raise ConfigError(f"unknown model {name!r}.{hint} Run `evaclip models` for the list, or pass a path to a "
@@ -66,8 +70,9 @@ def create_model(
     """Build an EVA-CLIP model and optionally load weights.
 
     Args:
-        name_or_json: a name from :func:`list_models` or the path of a JSON config (official format).
-        pretrained: a whole-model checkpoint (any official layout), loaded strictly by default.
+        name_or_json: a name from :func:`list_models`, the path of a JSON config (official format), or a Hugging
+            Face port folder (its ``config.json``; pass the folder as ``pretrained`` too for its weights).
+        pretrained: a whole-model checkpoint (any official layout, or an HF port folder), loaded strictly.
         pretrained_image: initialise only the vision tower, from a CLIP checkpoint or a vision-only (MIM) file.
         pretrained_text: initialise only the text tower, from a CLIP checkpoint (training or flat layout).
         skip_keys: key prefixes of the towers to leave freshly initialised when loading ``pretrained_image`` /

@@ -193,3 +193,64 @@ def check_config(folder: Path) -> None:
         if flags:
             raise CheckpointError(f"{config_path}: {tower} sets {', '.join(flags)}, a block variant the HF port of "
                                   "EVA-CLIP-8B/18B does not have; convert it from the official .pt files instead")
+
+
+# ------------------------------------------------------------------------------------------ config.json
+def _need(sub: dict, key: str, where: str):
+    if key not in sub:
+        raise CheckpointError(f"config.json lacks {where}.{key}; build the model from its evaclip name instead "
+                              "(e.g. create_model('EVA-CLIP-8B', pretrained=FOLDER))")
+    return sub[key]
+
+
+def _eps(sub: dict, where: str, expected: float) -> None:
+    eps = sub.get("layer_norm_eps", expected)
+    if not math.isclose(float(eps), expected, rel_tol=1e-6):
+        raise CheckpointError(f"config.json: {where}.layer_norm_eps is {eps}, but evaclip's {where.split('_')[0]} "
+                              f"tower uses {expected} as the official code does; this model is not one it can build")
+
+
+def config_from_hf(folder: Path) -> dict:
+    """The evaclip (official-format) model config of a Hugging Face port folder, from its ``config.json``.
+
+    Reads only the fields the port's modeling code reads (``hidden_size``, ``num_hidden_layers``,
+    ``num_attention_heads``, ``intermediate_size``, ``image_size``, ``patch_size``, ``use_rms_norm``,
+    ``post_layernorm``, ``q_bias``/``v_bias``, ``vocab_size``, ``max_position_embeddings``, ``projection_dim``)
+    and refuses what evaclip would build differently.
+    """
+    import json
+    check_config(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    v, t = config.get("vision_config"), config.get("text_config")
+    if not isinstance(v, dict) or not isinstance(t, dict):
+        raise CheckpointError(f"{folder / 'config.json'} has no vision_config/text_config: not an EVA-CLIP HF port")
+    width, heads = int(_need(v, "hidden_size", "vision_config")), int(_need(v, "num_attention_heads", "vision_config"))
+    q_bias, v_bias = bool(v.get("q_bias", False)), bool(v.get("v_bias", False))
+    if q_bias != v_bias:
+        raise CheckpointError("config.json: vision q_bias and v_bias differ; EVA learns both or neither")
+    rms = bool(v.get("use_rms_norm", False))
+    _eps(v, "vision_config", 1e-6)
+    _eps(t, "text_config", 1e-5)
+    t_width = int(_need(t, "hidden_size", "text_config"))
+    t_inter = int(t.get("intermediate_size", 4 * t_width))
+    return {
+        "embed_dim": int(_need(config, "projection_dim", "config")),
+        "vision_cfg": {
+            "image_size": int(_need(v, "image_size", "vision_config")),
+            "patch_size": int(_need(v, "patch_size", "vision_config")),
+            "width": width, "layers": int(_need(v, "num_hidden_layers", "vision_config")),
+            "head_width": width // heads,
+            "mlp_ratio": int(_need(v, "intermediate_size", "vision_config")) / width,
+            "qkv_bias": q_bias, "postnorm": bool(v.get("post_layernorm", False)), "use_rms_norm": rms,
+        },
+        "text_cfg": {
+            "context_length": int(_need(t, "max_position_embeddings", "text_config")),
+            "vocab_size": int(_need(t, "vocab_size", "text_config")), "width": t_width,
+            "heads": int(_need(t, "num_attention_heads", "text_config")),
+            "layers": int(_need(t, "num_hidden_layers", "text_config")), "mlp_ratio": t_inter / t_width,
+        },
+    }
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()

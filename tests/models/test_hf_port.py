@@ -300,3 +300,43 @@ def test_convert_cli_turns_an_hf_folder_into_one_training_layout_file(tmp_path, 
     for (k, a), (_, b) in zip(direct.state_dict().items(), converted.state_dict().items()):
         assert torch.equal(a, b), k
     assert converted.logit_scale.item() == 4.0  # a stored temperature wins over the port's fixed 100
+
+
+def _hf_config(cfg) -> dict:
+    """config.json as the port writes it, with the fields its modeling code reads."""
+    v, t = cfg.vision_cfg, cfg.text_cfg
+    return {"projection_dim": cfg.embed_dim,
+            "vision_config": {"hidden_size": v.width, "num_hidden_layers": v.layers,
+                              "num_attention_heads": v.width // v.head_width,
+                              "intermediate_size": int(v.width * v.mlp_ratio), "image_size": v.image_size,
+                              "patch_size": v.patch_size, "use_rms_norm": True, "post_layernorm": v.postnorm,
+                              "q_bias": v.qkv_bias, "k_bias": False, "v_bias": v.qkv_bias, "hidden_act": "gelu",
+                              "layer_norm_eps": 1e-6},
+            "text_config": {"hidden_size": t.width, "num_hidden_layers": t.layers, "num_attention_heads": t.heads,
+                            "intermediate_size": 4 * t.width, "vocab_size": t.vocab_size,
+                            "max_position_embeddings": t.context_length, "hidden_act": "gelu",
+                            "layer_norm_eps": 1e-5, "q_bias": True, "k_bias": True, "v_bias": True}}
+
+
+def test_an_hf_folder_builds_its_own_model_from_config_json(tmp_path):
+    cfg = _cfg(True, False)
+    sd = hf_state_dict(cfg)
+    folder = _write_sharded(sd, tmp_path / "EVA-CLIP-tiny")
+    (folder / "config.json").write_text(json.dumps(_hf_config(cfg)))
+    built = evaclip.get_model_config(str(folder))
+    assert built.to_dict() == cfg.to_dict()  # the same architecture as the evaclip config it was written from
+    model = evaclip.create_model(str(folder), pretrained=str(folder)).double().eval()
+    sd64 = {k: v.double() for k, v in sd.items()}
+    images, tokens = _inputs(cfg)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), reference_image_features(sd64, cfg, images),
+                                   rtol=1e-9, atol=1e-9)
+    bad = _hf_config(cfg)
+    bad["vision_config"]["layer_norm_eps"] = 1e-5
+    (folder / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match="vision_config.layer_norm_eps is 1e-05"):
+        evaclip.get_model_config(str(folder))
+    del bad["vision_config"]["layer_norm_eps"], bad["vision_config"]["hidden_size"]
+    (folder / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match="lacks vision_config.hidden_size.*EVA-CLIP-8B"):
+        evaclip.get_model_config(str(folder))
