@@ -43,10 +43,7 @@ StateDict = dict[str, torch.Tensor]
 
 HF_ROOTS = ("vision_model.", "text_model.", "visual_projection.")
 
-_VISION_RENAMES = (
-    ("embeddings.patch_embedding.", "patch_embed.proj."),
-    ("post_layernorm.", "norm."),
-)
+_VISION_RENAMES = {"embeddings.patch_embedding.": "patch_embed.proj.", "post_layernorm.": "norm."}
 _LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
 _VISION_LAYER_RENAMES = {"layer_norm1.": "norm1.", "layer_norm2.": "norm2.", "self_attn.out_proj.": "attn.proj.",
                          "mlp.fc1.": "mlp.fc1.", "mlp.fc2.": "mlp.fc2."}
@@ -65,8 +62,7 @@ def _rename(rest: str, table: Mapping[str, str]) -> str | None:
     return None
 
 
-def _stack_qkv(parts: dict[str, torch.Tensor], where: str, kind: str, width: int | None = None
-               ) -> torch.Tensor | None:
+def _stack_qkv(parts: dict[str, torch.Tensor], where: str, kind: str) -> torch.Tensor | None:
     """Stack q, k, v tensors ("weight" or "bias"); absent biases are zero, as an absent bias means."""
     if kind == "weight":
         missing = [p for p in "qkv" if p not in parts]
@@ -121,7 +117,7 @@ def hf_to_training(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]
             elif rest == "embeddings.position_embedding.weight":
                 out["visual.pos_embed"] = value.unsqueeze(0)
             else:
-                new = _rename(rest, dict(_VISION_RENAMES))
+                new = _rename(rest, _VISION_RENAMES)
                 if new is None:
                     raise CheckpointError(f"unexpected key {key!r} in an HF-port EVA-CLIP checkpoint")
                 out["visual." + new] = value
