@@ -20,13 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--fluent-styles", default=PrepareOptions.fluent_styles,
                    help="Fluent Emoji styles in the training pairs, comma-separated from flat, modern, "
                         "high-contrast; '' for none (default: none)")
+    p.add_argument("--keep-noto-lookalikes", action="store_true",
+                   help="keep training images that look like Noto evaluation images (flags, hearts, shapes "
+                        "look alike in every style); the reference prototype kept them. Default: dropped, so "
+                        "the Noto scores measure an unseen style")
     p.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: all CPU cores)")
     p.add_argument("--packages", default=None, help="folder for the unpacked packages (default: OUT/packages)")
 
 
 def run(args: argparse.Namespace) -> int:
-    options = PrepareOptions(image_size=args.image_size, seed=args.seed, fluent_styles=args.fluent_styles)
+    options = PrepareOptions(image_size=args.image_size, seed=args.seed, fluent_styles=args.fluent_styles,
+                             drop_noto_copies=not args.keep_noto_lookalikes)
     result = prepare(args.out, options, force=args.force, workers=args.workers, package_dir=args.packages)
     m = result.manifest
     t = result.timings

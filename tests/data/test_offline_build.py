@@ -279,5 +279,10 @@ def test_cli_prepare_uses_env_var_and_reports(tmp_path, monkeypatch, capsys):
     assert cli_main(["data", "prepare", "--image-size", "16"]) == 0
     text = capsys.readouterr().out
     assert "up to date" in text and "zeroshot/noto: 4 images, 34 classes" in text
+    # the flags reach the options: a build with the same options is found up to date, not rebuilt
+    build(out, options=PrepareOptions(image_size=16, drop_noto_copies=False, fluent_styles="flat"))
+    assert cli_main(["data", "prepare", "--image-size", "16", "--keep-noto-lookalikes", "--fluent-styles",
+                     "flat", "--out", str(out)]) == 0
+    assert "up to date" in capsys.readouterr().out
     assert cli_main(["data", "prepare", "--image-size", "4", "--out", str(out)]) == 2
     assert "image size 4 is out of range" in capsys.readouterr().err
