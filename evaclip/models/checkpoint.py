@@ -34,8 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaclip.errors import CheckpointError
-from evaclip.models import hf_port
-from evaclip.models.hf_port import hf_to_training, is_hf_port
+from evaclip.models.hf_port import check_config, hf_to_training, is_hf_port
 
 StateDict = dict[str, torch.Tensor]
 
@@ -102,7 +101,7 @@ def _read_folder(path: Path) -> Mapping:
         outside = [v for v in weight_map.values() if Path(v).name != v]
         if outside:  # shards live in the folder itself; never follow a path out of it
             raise CheckpointError(f"{index_path} names a shard outside its folder ({outside[0]!r}); refusing it")
-        hf_port.check_config(path)
+        check_config(path)
         merged: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             if not (path / shard).is_file():
@@ -116,7 +115,7 @@ def _read_folder(path: Path) -> Mapping:
         return merged
     for name in _HF_SINGLE:
         if (path / name).is_file():
-            hf_port.check_config(path)
+            check_config(path)
             return read_file(path / name)
     raise CheckpointError(f"{path} is a directory without a weights file; pass a checkpoint file (.safetensors, "
                           f".pt or .bin) or a Hugging Face model folder ({', '.join(_HF_INDEXES + _HF_SINGLE)}). "

@@ -122,9 +122,15 @@ def up_to_date(out: Path, options: PrepareOptions) -> dict | None:
     return manifest if manifest.get("outputs") == _output_stats(out) else None
 
 
+def train_sources(options: PrepareOptions) -> list[str]:
+    """The training sources of this build: Fluent Emoji is opt-in (``fluent_styles``), the rest always."""
+    return [s for s in TRAIN_SOURCES if s != "fluent" or options.styles()]
+
+
 def needed_packages(options: PrepareOptions) -> list[Package]:
-    """Every package, less Fluent Emoji when no Fluent style is asked for."""
-    return [p for p in PACKAGES if p.name != "fluentui-emoji" or options.styles()]
+    """The packages this build reads: every one but those of sources it leaves out."""
+    left_out = {SOURCES[s][0] for s in TRAIN_SOURCES if s not in train_sources(options)}
+    return [p for p in PACKAGES if p.name not in left_out]
 
 
 # ---------------------------------------------------------------------------------- list + render
@@ -238,8 +244,7 @@ def write_all(tmp: Path, splits: Splits, options: PrepareOptions, versions: dict
               progress: bool) -> dict:
     """Write every output into ``tmp`` and return the manifest (also written there)."""
     by_source = {}
-    sources = [s for s in TRAIN_SOURCES if s != "fluent" or options.styles()]  # an opt-in source
-    for name in tqdm(sources, desc="write shards", unit="source", disable=not progress, leave=False):
+    for name in tqdm(train_sources(options), desc="write shards", unit="source", disable=not progress, leave=False):
         part = splits.train[name]
         shards = write_shards(tmp / "train", name, part.images, [it.caption for it in part.items],
                               [_sample_meta(it) for it in part.items], options.shard_size)
@@ -319,8 +324,8 @@ def prepare(out: str | Path | None = None, options: PrepareOptions = PrepareOpti
     for stale in out.glob(".tmp-build-*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
     timings: dict[str, float] = {}
-    fetched = fetch_packages(needed_packages(options), Path(package_dir) if package_dir else out / "packages", fetch_fn,
-                             progress=progress)
+    package_dir = Path(package_dir) if package_dir else out / "packages"
+    fetched = fetch_packages(needed_packages(options), package_dir, fetch_fn, progress=progress)
     timings["fetch_s"] = time.perf_counter() - started
     t = time.perf_counter()
     items, notes = list_items({name: f.root for name, f in fetched.items()}, options)

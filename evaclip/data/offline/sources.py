@@ -123,6 +123,11 @@ def hexcode(code: str) -> str:
     return "-".join(c for c in code.upper().replace("_", "-").split("-") if c and c != "FE0F")
 
 
+def has_skin_tone(code: str) -> bool:
+    """True for an emoji sequence with a Fitzpatrick modifier (U+1F3FB..U+1F3FF)."""
+    return any(f"1F3F{t}" in code.upper() for t in "BCDEF")
+
+
 @dataclass(frozen=True)
 class EmojiText:
     name: str
@@ -182,7 +187,7 @@ def gemojione_items(pkg: Path, texts: dict[str, EmojiText]) -> list[Item]:
     items = []
     for e in index.values():
         code = e["unicode"].upper()
-        if e.get("category") in ("modifier", "extras", "flags") or any(f"1F3F{t}" in code for t in "BCDEF"):
+        if e.get("category") in ("modifier", "extras", "flags") or has_skin_tone(code):
             continue
         png = root / "assets" / "png" / f"{code}.png"
         if not png.is_file():
@@ -228,7 +233,7 @@ def fluent_items(pkg: Path, texts: dict[str, EmojiText], styles: tuple[str, ...]
     """
     by_key: dict[str, str] = {}
     for hx in sorted(texts):
-        if not any(t in hx for t in ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF")):
+        if not has_skin_tone(hx):
             by_key.setdefault(emoji_name_key(texts[hx].name), hx)
     items, unmatched = [], set()
     for style in styles:
