@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.evaclip-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv test demo demo-quick data system-deps bench clean
+.PHONY: venv test demo demo-quick data system-deps browser-deps bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,8 +22,15 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests
+
+# The search page is tested in Debian's headless chromium (driven by Selenium through chromedriver).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+			>/dev/null; } || echo "warning: could not install chromium; the search page test will be skipped"
 
 # The demo's data comes from Debian and npm packages: apt needs its package lists, and the SVG renderer
 # (cairosvg) needs the system library libcairo2.

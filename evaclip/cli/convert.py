@@ -4,7 +4,9 @@ sharded folder) as a safetensors file.
 The input is read safely (safetensors, or ``torch.load(weights_only=True)``), unwrapped (``module`` /
 ``model`` / ``state_dict``, DeepSpeed ``module.`` prefixes), normalised to the training layout, and written in
 the requested layout. RoPE frequency tables (rebuilt from the config) and a MIM model's ``mask_token`` /
-``lm_head`` are left out; the command says so.
+``lm_head`` are left out; the command says so. OUT is checked before IN is read (an existing file needs
+``--overwrite``; a symlink, FIFO or device is never replaced) and written atomically through
+:mod:`evaclip.outputs`. Weights with NaN/inf values are refused unless ``--allow-nonfinite``.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="key layout of OUT: training (visual.*, text.*, logit_scale), flat (visual.* + "
                              "OpenAI-style text keys, as released) or vision (the vision tower, unprefixed) "
                              "(default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (a regular file)")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="convert weights that contain NaN or inf values (refused by default)")
 
 
 def _summarise(keys: list[str], limit: int = 4) -> str:
@@ -36,11 +41,13 @@ def _summarise(keys: list[str], limit: int = 4) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from evaclip.models.checkpoint import export_state_dict, load_state_dict, save_file
+    from evaclip.outputs import check_output
     if args.output.suffix != ".safetensors":
         raise CheckpointError(f"OUT {args.output}: name the output .safetensors (it is written as safetensors)")
     if args.output.exists() and args.input.exists() and args.output.resolve() == args.input.resolve():
         raise CheckpointError(f"OUT is the same file as IN ({args.input}); choose another output path")
-    sd, layout, dropped = load_state_dict(args.input)
+    check_output(args.output, overwrite=args.overwrite, what="OUT")  # before the (possibly long) read
+    sd, layout, dropped = load_state_dict(args.input, allow_nonfinite=args.allow_nonfinite)
     n_params = sum(v.numel() for v in sd.values())
     print(f"read {args.input}: {layout} layout, {len(sd)} tensors, {n_params:,} values")
     if dropped:

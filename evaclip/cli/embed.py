@@ -6,7 +6,6 @@ Row i of ``OUT.npy`` is the embedding of line i of the sidecar ``OUT.txt``, whic
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -36,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="weight precision (default: %(default)s); the output is float32 either way")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="load a checkpoint with NaN/inf weights instead of refusing it (with a warning)")
 
 
 def find_images(root: Path) -> list[Path]:
@@ -68,8 +69,9 @@ def embed_images(model, preprocess, paths: list[Path], batch_size: int, normaliz
                  ) -> tuple[np.ndarray, list[Path], int]:
     """Embeddings of the decodable images, the paths that were embedded, and how many were skipped."""
     from PIL import Image
+
+    from evaclip.eval.features import encode_images
     rows, kept, skipped = [], [], 0
-    dtype = next(model.parameters()).dtype
     with tqdm(total=len(paths), desc="embedding images", unit="img", file=sys.stderr) as bar:
         for chunk in _batches(paths, batch_size):
             tensors = []
@@ -81,9 +83,9 @@ def embed_images(model, preprocess, paths: list[Path], batch_size: int, normaliz
                 except (OSError, ValueError, SyntaxError, EvaclipError):  # undecodable / truncated / unsupported
                     skipped += 1
             if tensors:
-                batch = torch.stack(tensors).to(device=device, dtype=dtype)
                 with torch.no_grad():
-                    rows.append(model.encode_image(batch, normalize=normalize).float().cpu())
+                    f = encode_images(model, torch.stack(tensors), device)
+                rows.append((torch.nn.functional.normalize(f, dim=-1) if normalize else f).cpu())
             bar.update(len(chunk))
     width = model.visual.output_dim
     return (torch.cat(rows).numpy() if rows else np.zeros((0, width), np.float32)), kept, skipped
@@ -99,25 +101,32 @@ def embed_texts(model, tokenizer, texts: list[str], batch_size: int, normalize: 
 
 
 def write_outputs(out: Path, array: np.ndarray, labels: list[str]) -> Path:
-    """Write OUT.npy and the sidecar OUT.txt, each through a temporary file so no half-written file remains."""
+    """Write OUT.npy and the sidecar OUT.txt, each atomically (no half-written file remains)."""
+    from evaclip.outputs import atomic_write, atomic_write_text
     sidecar = out.with_suffix(".txt")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array.astype(np.float32, copy=False))
-    os.replace(tmp, out)
-    tmp_txt = sidecar.with_name(sidecar.name + ".tmp")
-    tmp_txt.write_text("".join(label + "\n" for label in labels), encoding="utf-8")
-    os.replace(tmp_txt, sidecar)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a path, np.save would append ".npy" to the name
+            np.save(f, array.astype(np.float32, copy=False), allow_pickle=False)
+
+    atomic_write(out, save, what="--out")
+    atomic_write_text(sidecar, "".join(label + "\n" for label in labels), what="--out sidecar")
     return sidecar
 
 
 def run(args: argparse.Namespace) -> int:
     import evaclip
+    from evaclip.eval.features import nonfinite_weights, resolve_device
+    from evaclip.outputs import check_output
     if args.out.suffix != ".npy":
         raise EvaclipError(f"--out {args.out}: the output must be a .npy file")
     if args.batch_size < 1:
         raise EvaclipError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = resolve_device(args.device)
+    # Both outputs are replaced when they are regular files, never when they are a symlink, FIFO or device;
+    # an unwritable folder is found now, before a possibly large model is built.
+    check_output(args.out, overwrite=True, what="--out")
+    check_output(args.out.with_suffix(".txt"), overwrite=True, what="--out sidecar")
     # Check the model name and the inputs before building a (possibly large) model.
     evaclip.get_model_config(args.model)
     if args.images is not None:
@@ -130,11 +139,17 @@ def run(args: argparse.Namespace) -> int:
     if args.pretrained is None:
         print("evaclip embed: warning: no --pretrained checkpoint, the model has random weights", file=sys.stderr)
 
-    model, _, preprocess = evaclip.create_model_and_transforms(args.model, args.pretrained, device=args.device,
-                                                               precision=args.precision)
+    model, _, preprocess = evaclip.create_model_and_transforms(args.model, args.pretrained, device=device,
+                                                               precision=args.precision,
+                                                               allow_nonfinite=args.allow_nonfinite)
     model.eval()
+    # Checked after the precision cast too: a finite fp32 weight above 65504 is inf in fp16.
+    bad = nonfinite_weights(model)
+    if bad:
+        print(f"evaclip embed: warning: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}); the "
+              f"embeddings of this model are not trustworthy", file=sys.stderr)
     if args.images is not None:
-        array, kept, skipped = embed_images(model, preprocess, paths, args.batch_size, args.normalize, args.device)
+        array, kept, skipped = embed_images(model, preprocess, paths, args.batch_size, args.normalize, device)
         if skipped:
             print(f"evaclip embed: warning: skipped {skipped} undecodable image file(s)", file=sys.stderr)
         if not kept:
@@ -142,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         labels = [p.relative_to(args.images).as_posix() for p in kept]
     else:
         tokenizer = evaclip.get_tokenizer(args.model)
-        array = embed_texts(model, tokenizer, texts, args.batch_size, args.normalize, args.device)
+        array = embed_texts(model, tokenizer, texts, args.batch_size, args.normalize, device)
         labels = texts
     sidecar = write_outputs(args.out, array, labels)
     print(f"wrote {args.out} ({array.shape[0]} x {array.shape[1]} float32) and {sidecar}")

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("evaclip.cli.data", "prepare the offline demo datasets"),
     "plan": ("evaclip.cli.plan", "memory and time plan for training a model on a GPU cluster"),
     "demo": ("evaclip.cli.demo", "the weak-to-strong demo on offline data, end to end"),
+    "index": ("evaclip.cli.index", "build or update a semantic image search index of a collection"),
+    "serve": ("evaclip.cli.serve", "serve a search index: HTTP API and web page (127.0.0.1 by default)"),
 }
 
 

@@ -70,15 +70,20 @@ def tower_gflops(cfg, depth: int | None = None) -> tuple[float, float]:
 
 
 def model_stats(name: str, flops: bool = True) -> ModelStats:
-    """Parameter counts and forward GFLOPs of one config, computed on the meta device."""
+    """Parameter counts and forward GFLOPs of one config, computed on the meta device (from 1- and 2-block
+    builds, so even a config deeper or wider than any machine could hold is counted, not built)."""
     import evaclip
+    from evaclip.models.clip import build_text_tower
+    from evaclip.models.factory import tower_sizes
     cfg = evaclip.get_model_config(name)
-    model = evaclip.create_model(copy.deepcopy(cfg), device="meta")
-    vision = sum(p.numel() for p in model.visual.parameters())
-    text = sum(p.numel() for p in model.text.parameters())
+    vision, text = tower_sizes(cfg, buffers=False)
+    if text is None:  # a Hugging Face text tower: its size is the local model's
+        with torch.device("meta"):
+            text = sum(p.numel() for p in build_text_tower(copy.deepcopy(cfg)).parameters())
+    extra = 1 + (cfg.init_logit_bias is not None)  # logit_scale, logit_bias
     image_gflops, text_gflops = tower_gflops(cfg) if flops else (None, None)
-    return ModelStats(name, model.visual.image_size, vision, text, sum(p.numel() for p in model.parameters()),
-                      image_gflops, text_gflops)
+    return ModelStats(name, cfg.vision_cfg.image_size, vision, text, vision + text + extra, image_gflops,
+                      text_gflops)
 
 
 def _millions(n: int) -> str:
@@ -106,9 +111,10 @@ def format_table(rows: list[ModelStats]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import evaclip
+    from evaclip.models.factory import tower_sizes
     names = args.names or evaclip.list_models()
-    for name in names:  # fail on a bad name before doing any work
-        evaclip.get_model_config(name)
+    for name in args.names:  # fail on a bad name or an impossible size before doing any work
+        tower_sizes(evaclip.get_model_config(name))
     rows = [model_stats(name, flops=not args.no_flops)
             for name in tqdm(names, desc="counting", unit="model", leave=False, disable=len(names) < 3)]
     print(format_table(rows))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from evaclip.plan.memory import OPTIMIZER_BYTES
 from evaclip.plan.planner import DEFAULT_RESERVE_GB, PlanRequest, format_plan, make_plan
@@ -20,7 +21,7 @@ def _count(text: str) -> int:
         value = float(text[:-1]) * 1000 if text.lower().endswith("k") else float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count like 108000, 108k or 1.08e5, got {text!r}") from None
-    if value != int(value):
+    if not math.isfinite(value) or value != int(value):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     return int(value)
 

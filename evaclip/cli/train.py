@@ -9,7 +9,9 @@ import logging
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", nargs="?", help="recipe name (see --list)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. steps=100 out_dir=runs/x optim.lr=1e-3 data.batch_size=32")
+                        help="dotted overrides, e.g. steps=100 out_dir=runs/x optim.lr=1e-3 data.batch_size=32. "
+                             "optim.lr=X scales every lr of the recipe (vision and text towers, logit scale) by X "
+                             "over the recipe's optim.lr; optim.visual_lr / optim.text_lr set one tower's peak lr")
     parser.add_argument("--list", action="store_true", help="list the recipes and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 

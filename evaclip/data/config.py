@@ -67,7 +67,10 @@ class DataConfig:
         for s in self.sources:
             if s.kind not in SOURCE_KINDS:
                 raise ConfigError(f"data source kind {s.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
-            if not (isinstance(s.weight, (int, float)) and math.isfinite(s.weight) and s.weight > 0):
+            if not (isinstance(s.weight, (int, float)) and not isinstance(s.weight, bool) and math.isfinite(s.weight)):
+                raise ConfigError(f"data source {s.name or s.urls!r} has weight {s.weight!r}; weights must be finite "
+                                  "numbers > 0")
+            if s.weight <= 0:
                 raise ConfigError(f"data source {s.name or s.urls!r} has weight {s.weight!r}; weights must be > 0")
         positive = {"batch_size": self.batch_size, "interleave": self.interleave,
                     "shuffle_window": self.shuffle_window, "context_length": self.context_length,

@@ -47,7 +47,8 @@ def load_named_folders(root: Path, transform):
 def evaluate_model(weights: str | Path, config: str | Path, data_dir: str | Path,
                    batch_size: int = 128) -> dict[str, dict[str, float]]:
     """``{"zeroshot/<set>": {acc1, mean_per_class_recall, ...}, "retrieval/<set>": {..recall@k..}}``."""
-    from evaclip.eval.datasets import load_retrieval, make_loader
+    from evaclip.eval.datasets import load_retrieval
+    from evaclip.eval.features import image_loader
     from evaclip.eval.retrieval import evaluate_zeroshot_retrieval
     from evaclip.eval.zeroshot import evaluate_zeroshot_classification
     from evaclip.transforms import image_transform
@@ -58,7 +59,7 @@ def evaluate_model(weights: str | Path, config: str | Path, data_dir: str | Path
     out: dict[str, dict[str, float]] = {}
     for name in ZEROSHOT_SETS:
         dataset, classnames, templates = load_named_folders(data_dir / "zeroshot" / name, transform)
-        loader = make_loader(dataset, batch_size=batch_size)
+        loader = image_loader(dataset, batch_size=batch_size)
         metrics = evaluate_zeroshot_classification(model, tokenizer, loader, classnames, templates)
         out[f"zeroshot/{name}"] = {k: float(v) for k, v in metrics.items()}
     for name in RETRIEVAL_SETS:

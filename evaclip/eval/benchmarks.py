@@ -2,11 +2,16 @@
 
 Class names and templates live in ``evaclip/eval/data/*.json`` (keys are CLIP_benchmark's dataset names);
 ImageNet-A and ImageNet-R are 200-class subsets given as indices into the 1,000 ImageNet classes
-(``imagenet_subsets.json``), and ``imagenet_wnids.txt`` lists the 1,000 synsets in label order.
+(``imagenet_subsets.json``), and ``imagenet_wnids.txt`` lists the 1,000 synsets in label order. The class names
+and their order are those CLIP_benchmark evaluates its benchmark list with (``vtab/*`` sets: TFDS's label names;
+SUN397: ``ClassName.txt`` order; VOC2007: the devkit's sorted order). ``folder_names.json`` lists, in label
+order, the folder names of sets whose folders are not named by class as distributed (Caltech101's
+``101_ObjectCategories``).
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -124,15 +129,43 @@ def imagenet_wnids() -> list[str]:
     return list(_load("imagenet_wnids.txt"))
 
 
+# CLIP_benchmark's name prefixes: the webdataset export (``wds/``) and the VTAB versions of a set (``vtab/``).
+NAME_PREFIXES = ("wds/", "vtab/")
+_ALIASES = {"imagenet": "imagenet1k", "imagenet-1k": "imagenet1k", "in1k": "imagenet1k",
+            "imagenet-v2": "imagenetv2", "imagenet-sketch": "imagenet_sketch", "coco": "mscoco_captions",
+            "mscoco": "mscoco_captions", "flowers102": "flowers", "oxford_pets": "pets",
+            "stanford_cars": "cars", "ucf-101": "ucf101", "kinetics-400": "kinetics400",
+            "kinetics-600": "kinetics600", "kinetics-700": "kinetics700", "sst2": "renderedsst2"}
+
+
+def _split_prefixes(dataset: str) -> tuple[str, str]:
+    key, prefix = dataset.strip().lower(), ""
+    for p in NAME_PREFIXES:
+        if key.startswith(p):
+            prefix, key = prefix + p, key[len(p):]
+    return prefix, key
+
+
 def canonical_name(dataset: str) -> str:
-    """CLIP_benchmark's name for a dataset name as a user may type it (``wds/cifar10``, ``ImageNet-1K``...)."""
-    key = dataset.strip().lower().removeprefix("wds/").removeprefix("vtab/")
-    aliases = {"imagenet": "imagenet1k", "imagenet-1k": "imagenet1k", "in1k": "imagenet1k",
-               "imagenet-v2": "imagenetv2", "imagenet-sketch": "imagenet_sketch", "coco": "mscoco_captions",
-               "mscoco": "mscoco_captions", "flowers102": "flowers", "oxford_pets": "pets",
-               "stanford_cars": "cars", "ucf-101": "ucf101", "kinetics-400": "kinetics400",
-               "kinetics-600": "kinetics600", "kinetics-700": "kinetics700", "sst2": "renderedsst2"}
-    return aliases.get(key, key)
+    """The key of a dataset in the shipped data and the paper's tables, for a name as a user may type it
+    (``wds/vtab/cifar10`` -> ``cifar10``, ``ImageNet-1K`` -> ``imagenet1k``)."""
+    key = _split_prefixes(dataset)[1]
+    return _ALIASES.get(key, key)
+
+
+def dataset_name(dataset: str) -> str:
+    """The name a result is recorded under: CLIP_benchmark's name with its ``wds/`` and ``vtab/`` prefixes kept
+    (so rows match CLIP_benchmark's lists, e.g. ``vtab/cifar10``), aliases resolved (``wds/ImageNet-1K`` ->
+    ``wds/imagenet1k``)."""
+    prefix, key = _split_prefixes(dataset)
+    return prefix + _ALIASES.get(key, key)
+
+
+def name_of_folder(folder: str) -> str:
+    """:func:`dataset_name` of a dataset given by its folder, with the folder names of CLIP_benchmark's
+    downloads read back (``wds_vtab-cifar10`` -> ``wds/vtab/cifar10``, ``vtab-pets`` -> ``vtab/pets``)."""
+    match = re.match(r"(wds[_-])?(vtab-)?(.*)", folder.strip().lower())
+    return dataset_name(("wds/" if match[1] else "") + ("vtab/" if match[2] else "") + match[3])
 
 
 def default_classnames(dataset: str) -> list[str]:
@@ -149,6 +182,13 @@ def default_classnames(dataset: str) -> list[str]:
         raise ConfigError(f"no class names shipped for dataset {dataset!r}; pass --classnames FILE "
                           f"(one class name per line) or put a classnames.txt beside the data")
     return list(names[key])
+
+
+def folder_names(dataset: str) -> list[str] | None:
+    """The folder names of a benchmark as distributed, in label order, where they are not its class names
+    (Caltech101: ``BACKGROUND_Google``, ``Faces``, ... for "background", "off-center face", ...); else None."""
+    name = canonical_name(dataset)
+    return list(_load("folder_names.json")[name]) if name in _load("folder_names.json") else None
 
 
 def imagenet_subset(dataset: str) -> list[int] | None:

@@ -15,13 +15,19 @@ Layouts, detected from a path by :func:`detect_layout`:
 * ``objectnet``: ObjectNet 1.0 as distributed (``images/<folder>/`` and ``mappings/*.json``, at ROOT or
   ``ROOT/objectnet-1.0``); as in CLIP_benchmark, the 113 classes that map to ImageNet, named by ObjectNet.
 * ``voc_devkit``: PASCAL VOC2007 as distributed (``JPEGImages/`` + ``ImageSets/Main/<class>_<split>.txt``, at
-  ROOT, ``ROOT/VOC2007`` or ``ROOT/VOCdevkit/VOC2007``), multi-label (read by :mod:`evaclip.eval.voc`).
+  ROOT, ``ROOT/VOC2007`` or ``ROOT/VOCdevkit/VOC2007``): ``voc2007`` single-label object crops (+
+  ``Annotations/``), ``voc2007_multilabel`` one multi-label sample per image (read by :mod:`evaclip.eval.voc`).
 * ``image_folder``: ``ROOT/<class name>/<image>``, optional ``classnames.txt`` / ``templates.txt``.
 
 A ``ROOT/<split>/`` folder in any of these layouts is used in place of ``ROOT``.
+
+Class folders define the class list, as torchvision's ``ImageFolder`` (and so CLIP_benchmark) reads it: every
+class folder in sorted order, one without images included, so a class keeps its label whatever the other
+folders hold; :func:`check_same_classes` refuses splits of one dataset whose class lists differ.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -34,7 +40,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from evaclip.errors import DatasetError
+from evaclip.errors import ConfigError, DatasetError
 from evaclip.eval import benchmarks
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
@@ -44,6 +50,9 @@ LAYOUTS_HELP = ("a folder of class folders (ROOT/<class>/<image>), a classificat
                 "the VOC2007 devkit (JPEGImages/ + ImageSets/Main/), or CLIP_benchmark's webdataset layout "
                 "(ROOT/<split>/nshards.txt + {i}.tar)")
 _WNID = re.compile(r"^n\d{8}$")
+# csv's default field limit (128 KiB) raises on a long caption; this bound still refuses a runaway field (a
+# file without its closing quote) with one line instead of reading it into memory.
+CSV_FIELD_LIMIT = 8 << 20
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -71,13 +80,15 @@ class RetrievalData:
 
 
 def open_image(source: str | Path | bytes) -> Image.Image:
-    """Decode an image file (path or bytes) to RGB; a corrupt file raises DatasetError naming it."""
+    """Decode an image file (path or bytes) fully, in its own mode; a corrupt file raises DatasetError naming
+    it. The transform makes it RGB (``evaclip.transforms.to_rgb``, the one place that decides how transparency
+    is handled), so a second conversion here cannot pre-empt that choice."""
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         image.load()
     except Exception as e:  # PIL raises many types for bad files
         raise DatasetError(f"cannot read image {source if not isinstance(source, bytes) else '<bytes>'}: {e}")
-    return image.convert("RGB") if image.mode != "RGB" else image
+    return image
 
 
 class ImageListDataset(Dataset):
@@ -112,12 +123,19 @@ class TarMembersDataset(Dataset):
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """Non-empty stripped lines of a text file."""
+    """Non-empty stripped lines of a list file (class names, templates, ...); a file with none is refused, so
+    an empty ``templates.txt`` never silently means "the defaults"."""
     try:
         with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
+            lines = [line.strip() for line in f if line.strip()]
     except OSError as e:
         raise DatasetError(f"cannot read {path}: {e.strerror}")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path} is not UTF-8 text; save it as UTF-8, one entry per line")
+    if not lines:
+        raise DatasetError(f"{path} has no entries (empty or only blank lines); write one entry per line, or "
+                           f"remove the file to use the defaults")
+    return lines
 
 
 def _is_image(p: Path) -> bool:
@@ -126,10 +144,20 @@ def _is_image(p: Path) -> bool:
 
 def _csv_header(path: Path) -> list[str]:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8") as f, _csv_field_limit():
             return [h.strip().lower() for h in next(csv.reader(f), [])]
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, csv.Error):
         return []
+
+
+@contextlib.contextmanager
+def _csv_field_limit():
+    # csv's limit is global: raise it only while evaclip reads, and put back what the caller had.
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -162,9 +190,8 @@ def detect_layout(root: str | Path) -> str:
     csvs = [p for p in sorted(root.glob("*.csv")) if _csv_header(p)[:2] == ["image", "label"]]
     if len(csvs) == 1:
         return "classification_csv"
-    with_images = [d for d in dirs if any(_is_image(p) for p in d.iterdir())]
-    if with_images:
-        names = [d.name for d in with_images]
+    if any(_is_image(p) for d in dirs for p in d.iterdir()):
+        names = [d.name for d in dirs]  # every class folder is a class, an empty one too
         if all(_WNID.match(n) for n in names) or all(n.isdigit() and int(n) < 1000 for n in names):
             return "imagenet_folders"
         return "image_folder"
@@ -221,19 +248,37 @@ def resolve_split(root: str | Path, split: str) -> Path:
 
 
 def folder_classnames(folders: list[str], dataset: str | None) -> tuple[list[str], list[int]]:
-    """Class names and label of each folder: a known benchmark whose names all match the folders gives its
-    own names and label order; otherwise the folder names (underscores as spaces) in sorted order."""
+    """Class names and label of each folder (``folders``: every class folder, sorted). A known benchmark gives
+    its own names and label order when its folders as distributed (Caltech101's ``Faces``, ``car_side``...) or
+    its class names match all the folders; otherwise the folder names (underscores as spaces) label the classes
+    in sorted order."""
     def norm(s: str) -> str:
         return re.sub(r"[^a-z0-9]", "", s.lower())
     if dataset:
         try:
             known = benchmarks.default_classnames(dataset)
-        except Exception:
+        except ConfigError:
             known = []
+        shipped = benchmarks.folder_names(dataset)
+        if known and shipped and len(shipped) == len(known) and set(folders) <= set(shipped):
+            return known, [shipped.index(f) for f in folders]
         index = {norm(c): i for i, c in enumerate(known)}
         if known and len(index) == len(known) and all(norm(f) in index for f in folders):
             return known, [index[norm(f)] for f in folders]
     return [f.replace("_", " ") for f in folders], list(range(len(folders)))
+
+
+def check_same_classes(first: ClassificationData, second: ClassificationData, where: str | Path,
+                       names: tuple[str, str] = ("train", "test")) -> None:
+    """Refuse two splits of one dataset whose class lists differ: a label would mean another class in each."""
+    if first.classnames == second.classnames:
+        return
+    only = [c for c in first.classnames if c not in second.classnames]
+    other = [c for c in second.classnames if c not in first.classnames]
+    what = (f"{names[0]} has {only[:3]} that {names[1]} lacks" if only else
+            f"{names[1]} has {other[:3]} that {names[0]} lacks" if other else "the classes are in another order")
+    raise DatasetError(f"{where}: the {names[0]} and {names[1]} splits have different class lists ({what}); give "
+                       f"every split the same class folders (an empty folder keeps a class's label)")
 
 
 def _folder_items(folders: list[Path], labels: list[int]) -> list[tuple[Path, int]]:
@@ -244,7 +289,7 @@ def _folder_items(folders: list[Path], labels: list[int]) -> list[tuple[Path, in
 
 
 def _load_image_folder(root: Path, transform: Transform, dataset: str | None) -> ClassificationData:
-    folders = [d for d in class_folders(root) if any(_is_image(p) for p in d.iterdir())]
+    folders = class_folders(root)
     names = [d.name for d in folders]
     if (root / "classnames.txt").exists():
         classnames = read_lines(root / "classnames.txt")
@@ -256,8 +301,8 @@ def _load_image_folder(root: Path, transform: Transform, dataset: str | None) ->
             labels = list(range(len(folders)))  # other folder names: classnames.txt in sorted folder order
         else:
             raise DatasetError(f"{root}/classnames.txt has {len(classnames)} names but there are {len(folders)} "
-                               f"class folders; name the folders by class, or list one name per folder in "
-                               f"sorted folder order")
+                               f"class folders (empty ones included); name the folders by class, or list one "
+                               f"name per folder in sorted folder order")
     else:
         classnames, labels = folder_classnames(names, dataset)
     templates = read_lines(root / "templates.txt") if (root / "templates.txt").exists() else None
@@ -294,7 +339,7 @@ def _wnid_index(wnids: list[str], where: Path) -> list[int]:
 
 
 def _load_imagenet_folders(root: Path, transform: Transform, dataset: str | None) -> ClassificationData:
-    folders = [d for d in class_folders(root) if any(_is_image(p) for p in d.iterdir())]
+    folders = class_folders(root)
     if _WNID.match(folders[0].name):
         imagenet_index = _wnid_index([d.name for d in folders], root)
     else:
@@ -330,17 +375,27 @@ def _load_imagenet_solution(root: Path, transform: Transform, dataset: str | Non
 
 
 def _read_csv_rows(path: Path, columns: tuple[str, str]) -> list[tuple[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        reader.fieldnames = [h.strip().lower() for h in reader.fieldnames or []]
-        if reader.fieldnames[:2] != list(columns):
-            raise DatasetError(f"{path}: expected the header {','.join(columns)}, got {','.join(reader.fieldnames)}")
-        rows = []
-        for r in reader:
-            if r[columns[0]] is None or r[columns[1]] is None:
-                raise DatasetError(f"{path}:{reader.line_num}: the row has fewer than the {len(columns)} columns "
-                                   f"{','.join(columns)}")
-            rows.append((r[columns[0]], r[columns[1]]))
+    rows, reader = [], None
+    try:
+        with open(path, newline="", encoding="utf-8") as f, _csv_field_limit():
+            reader = csv.DictReader(f)
+            reader.fieldnames = [h.strip().lower() for h in reader.fieldnames or []]
+            if reader.fieldnames[:2] != list(columns):
+                raise DatasetError(f"{path}: expected the header {','.join(columns)}, got "
+                                   f"{','.join(reader.fieldnames)}")
+            for r in reader:
+                if r[columns[0]] is None or r[columns[1]] is None:
+                    raise DatasetError(f"{path}:{reader.line_num}: the row has fewer than the {len(columns)} "
+                                       f"columns {','.join(columns)}")
+                rows.append((r[columns[0]], r[columns[1]]))
+    except csv.Error as e:
+        where = f"{path}:{reader.reader.line_num}" if reader is not None else str(path)  # the failing line
+        raise DatasetError(f"{where}: not a readable CSV row ({e}; a field may hold at most "
+                           f"{CSV_FIELD_LIMIT >> 20} MiB); fix the quoting or shorten the field") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path} is not UTF-8 text; save the CSV as UTF-8") from None
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
     if not rows:
         raise DatasetError(f"{path} has a header but no rows")
     return rows
@@ -440,6 +495,7 @@ def load_retrieval(path: str | Path, transform: Transform, split: str = "test") 
 
 
 def make_loader(dataset: Dataset, batch_size: int = 64, workers: int = 0) -> DataLoader:
-    """An in-order batched loader (several worker processes when ``workers`` > 0)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    """An in-order batched loader (several worker processes when ``workers`` > 0) that skips and reports files
+    that cannot be decoded (see :func:`evaclip.eval.features.image_loader`)."""
+    from evaclip.eval.features import image_loader
+    return image_loader(dataset, batch_size=batch_size, workers=workers)

@@ -1,6 +1,9 @@
-"""Linear probe on cached features, as CLIP_benchmark does it: a linear layer trained with AdamW and a cosine
-schedule; the weight decay is searched on a validation split (97-point log grid 1e-6..1e2: 7 coarse points,
-then bisection), and the final layer is refit on train+val with the best weight decay."""
+"""Linear probe on cached features with CLIP_benchmark's protocol (``clip_benchmark/metrics/linear_probe.py``):
+a linear layer trained with AdamW (lr 0.1, 10 epochs, batch 64, cosine schedule without warm-up) on the
+L2-normalised image features of the train split, scored on the test split. The weight decay is 0 unless a
+validation split is given (``val``, or ``val_proportion`` of train held out): then it is searched on a 97-point
+log grid 1e-6..1e2 (7 coarse points, then bisection) and the layer is refit on train+val with the best one.
+Results use CLIP_benchmark's names: ``lp_acc1``, ``lp_acc5``, ``lp_mean_per_class_recall``."""
 from __future__ import annotations
 
 import math
@@ -15,26 +18,50 @@ import torch.nn.functional as F
 from evaclip.errors import DatasetError
 from evaclip.eval.features import encode_image_batches
 from evaclip.eval.metrics import classification_metrics
+from evaclip.outputs import atomic_write
 
 WEIGHT_DECAYS = np.logspace(-6, 2, num=97).tolist()
+# CLIP_benchmark's defaults (its --fewshot_lr, --fewshot_epochs, --batch_size)
+LR, EPOCHS, BATCH_SIZE = 0.1, 10, 64
 
 
-def cached_features(model, loader: Iterable, cache: str | Path | None, device="cpu",
-                    amp: bool = False, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+def cached_features(model, loader: Iterable, cache: str | Path | None, device="cpu", amp: bool = False,
+                    desc: str = "features", skipped: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised image features and labels, read from ``cache`` (a .pt file) when it exists, else computed
-    and written there. The cache holds only tensors and is read with ``weights_only=True``."""
+    and written there. The cache holds only tensors and is read with ``weights_only=True``; it remembers how
+    many files were skipped, so ``skipped`` gets as many entries on a cache hit."""
+    reasons: list = []
     if cache is not None and Path(cache).exists():
         blob = torch.load(cache, map_location="cpu", weights_only=True)
-        return blob["features"], blob["labels"]
-    feats, labels = encode_image_batches(model, loader, device=device, amp=amp, desc=desc)
-    if cache is not None:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"features": feats, "labels": labels}, cache)
+        reasons = ["(cached)"] * int(blob.get("num_skipped_files", torch.tensor(0)))
+        feats, labels = blob["features"], blob["labels"]
+    else:
+        feats, labels = encode_image_batches(model, loader, device=device, amp=amp, desc=desc, skipped=reasons)
+        if cache is not None:
+            blob = {"features": feats, "labels": labels, "num_skipped_files": torch.tensor(len(reasons))}
+            atomic_write(cache, lambda tmp: torch.save(blob, tmp), what="feature cache")
+    if skipped is not None:
+        skipped += reasons
     return feats, labels
 
 
+def stratified_split(labels: torch.Tensor, train_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint (train, test) index tensors over ``labels``: per class, a seeded random ``train_fraction`` of
+    its samples (rounded, at least one) for training and the rest (at least one when the class has two or
+    more) for testing. For a dataset without a train split; both parts keep the class proportions."""
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_train = min(max(1, round(train_fraction * len(idx))), max(1, len(idx) - 1))
+        train.append(idx[:n_train])
+        test.append(idx[n_train:])
+    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(test)).values
+
+
 def train_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float,
-                 lr: float = 1e-3, epochs: int = 20, batch_size: int = 256, seed: int = 0) -> nn.Linear:
+                 lr: float = LR, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, seed: int = 0) -> nn.Linear:
     """A linear classifier trained with AdamW (cross-entropy, cosine LR without warm-up), on the device of
     ``features``."""
     g = torch.Generator().manual_seed(seed)
@@ -83,13 +110,14 @@ def search_peak(score: Callable[[int], float], n: int = 97, coarse: int = 7, spa
 
 def linear_probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                  num_classes: int, val: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 val_proportion: float = 0.2, lr: float = 1e-3, epochs: int = 20, batch_size: int = 256,
+                 val_proportion: float = 0.0, lr: float = LR, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE,
                  seed: int = 0, weight_decays: list[float] = WEIGHT_DECAYS,
                  device: torch.device | str = "cpu") -> dict[str, float]:
-    """``acc1``, ``acc5``, ``mean_per_class_recall`` on ``test`` and the chosen ``weight_decay``.
+    """``lp_acc1``, ``lp_acc5``, ``lp_mean_per_class_recall`` on ``test`` (CLIP_benchmark's names), the chosen
+    ``weight_decay`` and the protocol (``lr``, ``epochs``, ``batch_size``, ``seed``).
 
     Without a ``val`` split, ``val_proportion`` of ``train`` (a seeded random part) is held out for the
-    search; ``val_proportion=0`` skips the search (weight decay 0)."""
+    weight-decay search; ``val_proportion=0`` (CLIP_benchmark's default) skips the search (weight decay 0)."""
     (xtr, ytr), (xte, yte) = [(x.to(device), y.to(device)) for x, y in (train, test)]
     if val is not None:
         val = (val[0].to(device), val[1].to(device))
@@ -116,6 +144,8 @@ def linear_probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Ten
         weight_decay = 0.0
     head = train_linear(xtr, ytr, num_classes, weight_decay, **fit)
     with torch.no_grad():
-        metrics = classification_metrics(head(xte).cpu(), yte.cpu())
-    metrics["weight_decay"] = weight_decay
+        scores = classification_metrics(head(xte).cpu(), yte.cpu())
+    metrics = {f"lp_{k}": v for k, v in scores.items() if k != "num_nonfinite_scores"}
+    metrics["num_nonfinite_scores"] = scores["num_nonfinite_scores"]
+    metrics.update(weight_decay=weight_decay, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)
     return metrics

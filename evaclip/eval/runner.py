@@ -13,8 +13,10 @@ from typing import Callable
 
 from evaclip.errors import ConfigError, DatasetError
 from evaclip.eval import benchmarks
-from evaclip.eval.datasets import Transform, load_classification, load_retrieval, make_loader, read_lines
-from evaclip.eval.linear_probe import cached_features, linear_probe
+from evaclip.eval.datasets import (Transform, check_same_classes, load_classification, load_retrieval, read_lines,
+                                   resolve_split)
+from evaclip.eval.features import image_loader
+from evaclip.eval.linear_probe import BATCH_SIZE, EPOCHS, LR, cached_features, linear_probe, stratified_split
 from evaclip.eval.metrics import mean_recall
 from evaclip.eval.retrieval import evaluate_zeroshot_retrieval
 from evaclip.eval.video import evaluate_video_classification, load_video_folder
@@ -31,35 +33,43 @@ class EvalOptions:
     split: str = "test"
     train_split: str = "train"
     val_split: str | None = None
-    val_proportion: float = 0.2
+    val_proportion: float = 0.0  # linear probe: 0 = no weight-decay search (CLIP_benchmark's default)
     classnames_file: str | None = None
     templates_file: str | None = None
-    batch_size: int = 64
+    batch_size: int = BATCH_SIZE  # also the linear probe's training batch, as in CLIP_benchmark
     workers: int = 4
     device: str = "cpu"
     amp: bool = False
     recall_k: tuple[int, ...] = (1, 5, 10)
     num_frames: int = 1
     feature_cache: str | None = None  # linear probe: folder for cached features
-    lp_epochs: int = 20
-    lp_lr: float = 1e-3
+    lp_epochs: int = EPOCHS
+    lp_lr: float = LR
+    # linear probe without a train split: the seeded fraction of the test images to train on (None: refuse)
+    lp_train_fraction: float | None = None
+    seed: int = 0
     cache_tag: str = "model"  # linear probe: names the cached feature files (model + pretrained)
 
 
 def resolve_dataset(dataset: str, dataset_root: str | None) -> tuple[str, Path]:
-    """(benchmark name, path) for ``--dataset NAME_OR_PATH [--dataset-root DIR]``; a root may use
-    ``{dataset}`` (CLIP_benchmark's template), else ``ROOT/NAME`` is used when it exists, else ``ROOT``."""
+    """(name to record, path) for ``--dataset NAME_OR_PATH [--dataset-root DIR]``. A named set keeps
+    CLIP_benchmark's ``wds/`` and ``vtab/`` prefixes in its name; a root may be a CLIP_benchmark template, with
+    ``{dataset}`` = the name without ``wds/`` and ``{dataset_cleaned}`` = that with ``/`` as ``-`` (as its
+    cli.py fills them: ``wds/vtab/cifar10`` -> ``vtab/cifar10``, ``vtab-cifar10``); a plain root holding a folder
+    of that name (either form) means that folder, else the root itself is the dataset. A path is named by its
+    folder, CLIP_benchmark's download names read back (``wds_vtab-cifar10`` -> ``wds/vtab/cifar10``)."""
     if dataset_root is None:
         path = Path(dataset).expanduser()
         if not path.exists():
             raise DatasetError(f"{dataset!r} is not an existing path; pass the dataset folder, or a name with "
                                f"--dataset-root DIR (nothing is ever downloaded)")
-        return benchmarks.canonical_name(path.stem if path.is_file() else path.name), path
-    name = benchmarks.canonical_name(dataset)
-    root = dataset_root.replace("{dataset}", dataset).replace("{dataset_cleaned}", dataset.replace("/", "-"))
-    path = Path(root).expanduser()
-    if "{dataset" not in dataset_root and (path / dataset).exists():
-        path = path / dataset
+        return benchmarks.name_of_folder(path.stem if path.is_file() else path.name), path
+    name = benchmarks.dataset_name(dataset)
+    plain = dataset.strip().removeprefix("wds/")
+    cleaned = plain.replace("/", "-")
+    path = Path(dataset_root.replace("{dataset}", plain).replace("{dataset_cleaned}", cleaned)).expanduser()
+    if "{dataset" not in dataset_root:
+        path = next((path / sub for sub in (plain, cleaned) if (path / sub).exists()), path)
     return name, path
 
 
@@ -93,14 +103,23 @@ def _classnames_templates(name: str, own_names: list[str], own_templates, opts: 
     return classnames, templates
 
 
+def _split_source(path: Path, split: str) -> Path:
+    """Where a split's files are read from (``ROOT/<split>``, CLIP_benchmark's shard folder, or ROOT itself
+    when there is no such split)."""
+    if (Path(path) / split / "nshards.txt").exists():
+        return Path(path) / split
+    return resolve_split(path, split)
+
+
 def run_task(model, tokenizer, task: str, name: str, path: Path, transform: Transform,
              opts: EvalOptions, cache_tag: str = "model") -> dict[str, float]:
-    """Metrics of one task on one dataset with one image transform."""
+    """Metrics of one task on one dataset with one image transform (with ``num_skipped_files``, the images
+    or videos that could not be decoded and were left out)."""
     kw = dict(device=opts.device, amp=opts.amp)
     if task == "zeroshot_classification":
         data = load_classification(path, transform, dataset=name, split=opts.split)
         classnames, templates = _classnames_templates(name, data.classnames, data.templates, opts)
-        loader = make_loader(data.dataset, opts.batch_size, opts.workers)
+        loader = image_loader(data.dataset, opts.batch_size, opts.workers)
         return evaluate_zeroshot_classification(model, tokenizer, loader, classnames, templates, **kw)
     if task == "zeroshot_retrieval":
         data = load_retrieval(path, transform, split=opts.split)
@@ -114,21 +133,82 @@ def run_task(model, tokenizer, task: str, name: str, path: Path, transform: Tran
                                              batch_size=max(1, opts.batch_size // opts.num_frames),
                                              workers=opts.workers, **kw)
     if task == "linear_probe":
-        def features(split: str):
-            data = load_classification(path, transform, dataset=name, split=split)
-            if data.multilabel_targets is not None:
-                raise ConfigError(f"{path} is a multi-label dataset ({data.layout}); the linear probe fits "
-                                  f"single-label classifiers, so evaluate it with --task zeroshot_classification")
-            cache = (Path(opts.feature_cache) / f"{name}_{split}_{cache_tag}.pt"
-                     if opts.feature_cache else None)
-            loader = make_loader(data.dataset, opts.batch_size, opts.workers)
-            return cached_features(model, loader, cache, desc=split, **kw), len(data.classnames)
-        (train, num_classes), (test, _) = features(opts.train_split), features(opts.split)
-        val = features(opts.val_split)[0] if opts.val_split else None
-        return linear_probe(train, test, num_classes, val=val, val_proportion=opts.val_proportion,
-                            lr=opts.lp_lr, epochs=opts.lp_epochs, batch_size=max(opts.batch_size, 256),
-                            device=opts.device)
+        return _linear_probe(model, name, path, transform, opts, cache_tag)
     raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def check_linear_probe_splits(path: Path, opts: EvalOptions) -> bool:
+    """Refuse a linear probe that would train or tune on its own test images (cheap: nothing is decoded, so the
+    CLI runs it before building the model). Returns True when there is no train split and
+    ``opts.lp_train_fraction`` says to split the test images instead."""
+    from evaclip.eval.datasets import detect_layout
+
+    test_source = _split_source(path, opts.split)
+    if detect_layout(test_source) == "voc_devkit":  # its splits are lists inside the devkit, not folders
+        raise ConfigError(f"{path} is the VOC2007 devkit (voc_devkit), which is evaluated zero-shot only (voc2007: "
+                          f"single-label object crops, voc2007_multilabel: multi-label mAP); use --task "
+                          f"zeroshot_classification")
+    no_train_split = _split_source(path, opts.train_split) == test_source
+    if no_train_split and opts.lp_train_fraction is None:
+        raise ConfigError(f"{path} has no {opts.train_split!r} split apart from the {opts.split!r} images, so the "
+                          f"linear probe would train on its test set; point --train-split at a real split, or pass "
+                          f"--lp-train-fraction F to train on a seeded, stratified part F of the images and test "
+                          f"on the rest")
+    if opts.val_split and _split_source(path, opts.val_split) == test_source:
+        raise ConfigError(f"{path}: --val-split {opts.val_split} is the {opts.split!r} images themselves, so the "
+                          f"weight decay would be tuned on the test set; name a split of its own, or use "
+                          f"--val-proportion to hold out part of the training images")
+    return no_train_split
+
+
+def _linear_probe(model, name: str, path: Path, transform: Transform, opts: EvalOptions,
+                  cache_tag: str) -> dict[str, float]:
+    skipped: list[str] = []
+
+    def load(split: str):
+        data = load_classification(path, transform, dataset=name, split=split)
+        if data.multilabel_targets is not None:
+            raise ConfigError(f"{path} is a multi-label dataset ({data.layout}); the linear probe fits "
+                              f"single-label classifiers, so evaluate it with --task zeroshot_classification")
+        return data
+
+    def features(split: str, data=None):
+        data = data or load(split)
+        # a prefixed name (wds/vtab/cifar10) must not become sub-folders of the cache
+        cache_name = f"{name}_{split}_{cache_tag}.pt".replace("/", "_")
+        cache = Path(opts.feature_cache) / cache_name if opts.feature_cache else None
+        loader = image_loader(data.dataset, opts.batch_size, opts.workers)
+        return cached_features(model, loader, cache, desc=split, device=opts.device, amp=opts.amp,
+                               skipped=skipped), len(data.classnames)
+
+    no_train_split = check_linear_probe_splits(path, opts)
+    test_data = load(opts.split)
+    split_info = {}
+    if no_train_split:
+        (x, y), num_classes = features(opts.split, test_data)
+        train_idx, test_idx = stratified_split(y, opts.lp_train_fraction, seed=opts.seed)
+        if len(test_idx) == 0:
+            raise DatasetError(f"{path}: every class has a single image, so none is left to test on with "
+                               f"--lp-train-fraction {opts.lp_train_fraction}")
+        train, test = (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
+        # recorded with the metrics: this is not the official protocol's number
+        split_info = {"lp_train_fraction": opts.lp_train_fraction, "lp_num_train": len(train_idx),
+                      "lp_num_test": len(test_idx)}
+    else:
+        train_data = load(opts.train_split)
+        check_same_classes(train_data, test_data, path, (opts.train_split, opts.split))
+        (train, num_classes), (test, _) = features(opts.train_split, train_data), features(opts.split, test_data)
+    val = None
+    if opts.val_split:
+        val_data = load(opts.val_split)
+        check_same_classes(val_data, test_data, path, (opts.val_split, opts.split))
+        val = features(opts.val_split, val_data)[0]
+    metrics = linear_probe(train, test, num_classes, val=val, val_proportion=opts.val_proportion,
+                           lr=opts.lp_lr, epochs=opts.lp_epochs, batch_size=opts.batch_size,
+                           seed=opts.seed, device=opts.device)
+    metrics.update(split_info)
+    metrics["num_skipped_files"] = len(skipped)
+    return metrics
 
 
 def headline(task: str, metrics: dict[str, float]) -> float:
@@ -137,6 +217,8 @@ def headline(task: str, metrics: dict[str, float]) -> float:
         return mean_recall(metrics)
     if task == "video_classification":
         return metrics.get("score", float("nan"))
+    if task == "linear_probe":
+        return metrics.get("lp_acc1", float("nan"))
     if "acc1" not in metrics and "mean_average_precision" in metrics:  # multi-label sets (VOC2007)
         return metrics["mean_average_precision"]
     return metrics.get("acc1", float("nan"))

@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from evaclip.errors import DatasetError
-from evaclip.eval.datasets import Transform, class_folders, folder_classnames, make_loader
-from evaclip.eval.features import autocast
+from evaclip.eval.datasets import Transform, class_folders, folder_classnames
+from evaclip.eval.features import decoded_batches, encode_images, image_loader
 from evaclip.eval.metrics import classification_metrics, video_score
 from evaclip.eval.zeroshot import Templates, build_zeroshot_classifier, zeroshot_logits
 
@@ -79,9 +79,9 @@ def load_video_folder(root: str | Path, transform: Transform, dataset: str | Non
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"video dataset {root} does not exist; expected ROOT/<class name>/<video file>")
-    folders = [d for d in class_folders(root)
-               if any(p.suffix.lower() in VIDEO_EXTENSIONS for p in d.iterdir())]
-    if not folders:
+    # Every class folder keeps its label, empty ones included: dropping them would shift later labels.
+    folders = class_folders(root)
+    if not any(p.suffix.lower() in VIDEO_EXTENSIONS for d in folders for p in d.iterdir()):
         raise DatasetError(f"no class folders with video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}; "
                            f"expected ROOT/<class name>/<video file>")
     classnames, labels = folder_classnames([d.name for d in folders], dataset)
@@ -91,14 +91,18 @@ def load_video_folder(root: str | Path, transform: Transform, dataset: str | Non
 
 
 @torch.no_grad()
-def encode_videos(model, loader, device="cpu", amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of the L2-normalised frame embeddings of each video [N, D] (not renormalised), and labels."""
+def encode_videos(model, loader, device="cpu", amp: bool = False,
+                  skipped: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of the L2-normalised frame embeddings of each video [N, D] (not renormalised), and labels. With
+    :func:`~evaclip.eval.features.image_loader`, videos that cannot be decoded are left out and the reasons
+    appended to ``skipped``."""
     feats, labels = [], []
-    for frames, target in tqdm(loader, desc="videos", leave=False, dynamic_ncols=True, disable=None):
+    batches = decoded_batches(loader, skipped, what="videos")
+    for frames, target in tqdm(batches, total=len(loader), desc="videos", leave=False, dynamic_ncols=True,
+                               disable=None):
         b, f = frames.shape[:2]
-        with autocast(device, amp):
-            emb = model.encode_image(frames.flatten(0, 1).to(device))
-        feats.append(F.normalize(emb.float(), dim=-1).view(b, f, -1).mean(1).cpu())
+        emb = encode_images(model, frames.flatten(0, 1), device, amp)
+        feats.append(F.normalize(emb, dim=-1).view(b, f, -1).mean(1).cpu())
         labels.append(torch.as_tensor(target))
     return torch.cat(feats), torch.cat(labels)
 
@@ -108,8 +112,11 @@ def evaluate_video_classification(model, tokenizer, dataset: VideoDataset, class
                                   batch_size: int = 8, workers: int = 0) -> dict[str, float]:
     """``acc1``, ``acc5``, ``mean_per_class_recall`` and ``score`` (Table 5's number for this dataset)."""
     classifier = build_zeroshot_classifier(model, tokenizer, classnames, templates, device=device, amp=amp)
-    features, labels = encode_videos(model, make_loader(dataset, batch_size, workers), device=device, amp=amp)
+    skipped: list[str] = []
+    features, labels = encode_videos(model, image_loader(dataset, batch_size, workers), device=device, amp=amp,
+                                     skipped=skipped)
     metrics = classification_metrics(zeroshot_logits(features, classifier), labels)
     metrics["score"] = video_score(metrics["acc1"], metrics["acc5"], dataset_name)
     metrics["num_frames"] = dataset.num_frames
+    metrics["num_skipped_files"] = len(skipped)
     return metrics

@@ -61,15 +61,18 @@ def evaluate_zeroshot_classification(model, tokenizer, loader: Iterable, classna
                                      amp: bool = False, image_features: torch.Tensor | None = None,
                                      labels: torch.Tensor | None = None) -> dict[str, float]:
     """``acc1``, ``acc5`` (NaN below 5 classes) and ``mean_per_class_recall`` on a loader of
-    ``(images, labels)``; precomputed ``image_features``/``labels`` skip the image pass. Multi-label sets
+    ``(images, labels)`` (from :func:`~evaclip.eval.features.image_loader`, files that cannot be decoded are
+    left out and counted in ``num_skipped_files``); precomputed ``image_features``/``labels`` skip the image
+    pass. Multi-label sets
     (labels [N, C]: 1 present, 0 absent, -1 difficult, e.g. VOC2007) give ``mean_average_precision`` and the
     devkit's ``mean_average_precision_voc07`` (see ``metrics.multilabel_metrics``)."""
     classifier = build_zeroshot_classifier(model, tokenizer, classnames, templates, device=device, amp=amp)
+    skipped: list[str] = []
     if image_features is None:
-        image_features, labels = encode_image_batches(model, loader, device=device, amp=amp)
+        image_features, labels = encode_image_batches(model, loader, device=device, amp=amp, skipped=skipped)
     if image_features.shape[0] == 0:
         raise ConfigError("the dataset has no images to evaluate")
     logits = zeroshot_logits(image_features, classifier)
-    if labels.ndim == 2:
-        return multilabel_metrics(logits, labels)
-    return classification_metrics(logits, labels)
+    metrics = multilabel_metrics(logits, labels) if labels.ndim == 2 else classification_metrics(logits, labels)
+    metrics["num_skipped_files"] = len(skipped)
+    return metrics

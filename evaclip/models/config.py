@@ -11,8 +11,10 @@ Validation happens here, before any tensor is allocated: unknown keys and imposs
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,9 +79,9 @@ class VisionConfig:
         return "rmsnorm" if self.use_rms_norm else "layernorm"
 
     def validate(self) -> None:
-        _positive(self, "image_size", "patch_size", "width", "layers", "head_width")
-        if self.mlp_ratio <= 0:
-            raise ConfigError(f"vision_cfg.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        check_types(self, "vision_cfg.")
+        _positive(self, "image_size", "patch_size", "width", "layers", "head_width", "pt_hw_seq_len")
+        _hidden_width(self, "vision_cfg.")
         if self.width % self.head_width:
             raise ConfigError(
                 f"vision_cfg.width ({self.width}) is not divisible by head_width ({self.head_width}); "
@@ -132,6 +134,7 @@ class TextConfig:
         return bool(self.hf_model_name)
 
     def validate(self) -> None:
+        check_types(self, "text_cfg.")
         if self.is_hf:
             if self.proj not in ("linear", "mlp"):
                 raise ConfigError(f"text_cfg.proj must be 'linear' or 'mlp', got {self.proj!r}")
@@ -139,6 +142,7 @@ class TextConfig:
                 raise ConfigError(f"text_cfg.pooler_type must be 'mean_pooler' or 'cls_pooler', got {self.pooler_type!r}")
             return
         _positive(self, "context_length", "vocab_size", "width", "heads", "layers")
+        _hidden_width(self, "text_cfg.")
         if self.width % self.heads:
             raise ConfigError(
                 f"text_cfg.width ({self.width}) is not divisible by heads ({self.heads}); choose heads that divide it")
@@ -160,7 +164,8 @@ class CLIPConfig:
     init_logit_bias: float | None = None  # set (SigLIP: -10) to add a learnable logit_bias for the sigmoid loss
 
     def validate(self) -> None:
-        if not isinstance(self.embed_dim, int) or self.embed_dim <= 0:
+        check_types(self, "")
+        if self.embed_dim <= 0:
             raise ConfigError(f"embed_dim must be a positive integer, got {self.embed_dim!r}")
         self.vision_cfg.validate()
         self.text_cfg.validate()
@@ -179,7 +184,77 @@ class CLIPConfig:
         return out
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from evaclip.outputs import atomic_write_text
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n", what="model config")
+
+
+# ------------------------------------------------------------------------------------------ typed fields
+def show_value(value: Any) -> str:
+    try:  # as the JSON file spells it (true, "4"), else Python's repr
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        try:
+            text = repr(value)
+        except ValueError:  # an integer with more digits than Python converts to text
+            text = f"{type(value).__name__} too large to show"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_value(kind: Any, value: Any) -> tuple[bool, Any, str]:
+    """``(ok, normalised value, what the field takes)`` for one annotated type (int, float, bool, str, X | None).
+
+    JSON has one number type and Python's bool is an int, so the checks are explicit: a bool is not a number,
+    an integer field takes no float, a float field takes an integer (as a float) but never NaN or infinity.
+    """
+    args = typing.get_args(kind)
+    if type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        ok, value, what = _check_value(inner, value) if value is not None else (True, None, "")
+        return ok, value, f"{_check_value(inner, 0)[2]} or null"
+    if kind is bool:
+        return type(value) is bool, value, "true or false"
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool), value, "an integer"
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value, "a finite number"
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            return False, value, "a finite number"
+        return math.isfinite(number), number, "a finite number"
+    if kind is str:
+        return isinstance(value, str), value, "a string"
+    raise TypeError(f"no type check for {kind!r}")  # a field type this module does not know: a bug here
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in ("vision_cfg", "text_cfg")}
+
+
+def check_types(cfg: Any, section: str) -> None:
+    """Every field of a config dataclass against its annotation; numbers are normalised in place (4 -> 4.0).
+
+    The one type check of model configs: JSON files, dicts and configs changed in code all pass here, so
+    ``"mlp_ratio": "4"``, ``"embed_dim": true`` or ``"qkv_bias": "no"`` (truthy!) never reach the model.
+    """
+    for name, kind in _field_types(type(cfg)).items():
+        value = getattr(cfg, name)
+        ok, normalised, what = _check_value(kind, value)
+        if not ok:
+            raise ConfigError(f"{section}{name} must be {what}, got {show_value(value)}")
+        if normalised is not value:
+            setattr(cfg, name, normalised)
+
+
+def _hidden_width(cfg: Any, section: str) -> None:
+    # The MLP width is int(width * mlp_ratio), as in the official code: a tiny ratio truncates it to 0.
+    hidden = int(cfg.width * cfg.mlp_ratio)
+    if cfg.mlp_ratio <= 0 or hidden < 1:
+        raise ConfigError(f"{section}mlp_ratio ({cfg.mlp_ratio}) gives an MLP hidden width of {hidden} for width "
+                          f"{cfg.width}; it must be at least 1 (the usual ratio is 4)")
 
 
 def _positive(cfg: Any, *names: str) -> None:
@@ -196,7 +271,8 @@ def _non_default(cfg: Any) -> dict[str, Any]:
 
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+        raise ConfigError(f"{where} must be a JSON object, got {show_value(data)}")
+    data = {str(k): v for k, v in data.items()}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -214,20 +290,37 @@ def config_from_dict(data: dict[str, Any], where: str = "model config") -> CLIPC
     data = dict(data)
     data["vision_cfg"] = _build(VisionConfig, data["vision_cfg"], f"{where}: vision_cfg")
     data["text_cfg"] = _build(TextConfig, data["text_cfg"], f"{where}: text_cfg")
+    cfg = _build(CLIPConfig, data, where)
     try:
-        cfg = _build(CLIPConfig, data, where)
-    except TypeError as e:  # wrong value types that dataclasses cannot take
+        cfg.validate()
+    except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    cfg.validate()
     return cfg
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (Python writes it, JSON has no such value); write a number")
+
+
+def parse_json(text: str, where: str, error: type[Exception] = ConfigError) -> Any:
+    """``json.loads`` for config files, refusing what Python's parser accepts but JSON does not (NaN,
+    Infinity); any problem is one ``error`` line naming ``where``."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise error(f"{where} is nested too deeply to be a config") from None
+    except ValueError as e:  # JSONDecodeError, and the constants above
+        raise error(f"{where} is not valid JSON: {e}") from None
 
 
 def load_config_file(path: str | Path) -> CLIPConfig:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"model config file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"model config {path} is not valid JSON: {e}") from None
-    return config_from_dict(data, where=str(path))
+    except UnicodeDecodeError:
+        raise ConfigError(f"model config {path} is not UTF-8 text; it should be a JSON file") from None
+    except OSError as e:
+        raise ConfigError(f"model config {path} cannot be read ({e.strerror or e})") from None
+    return config_from_dict(parse_json(text, f"model config {path}"), where=str(path))

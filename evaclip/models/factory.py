@@ -2,6 +2,7 @@
 in the official format are accepted as-is."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from evaclip.errors import ConfigError
+from evaclip.errors import ConfigError, EvaclipError
 from evaclip.models.checkpoint import load_checkpoint
 from evaclip.models.clip import CLIP
 from evaclip.models.config import CLIPConfig, config_from_dict, load_config_file
@@ -66,6 +67,7 @@ def create_model(
     precision: str = "fp32",
     patch_dropout: float | None = None,
     strict: bool = True,
+    allow_nonfinite: bool = False,
 ) -> CLIP:
     """Build an EVA-CLIP model and optionally load weights.
 
@@ -80,6 +82,11 @@ def create_model(
         device: where to build; ``"meta"`` allocates nothing (for counting and sharding plans).
         precision: ``fp32``, or ``bf16``/``fp16`` to cast the weights (use autocast for mixed precision).
         patch_dropout: override the config's patch dropout ratio (training only).
+        allow_nonfinite: load checkpoints with NaN/inf weights (refused by default, see ``load_checkpoint``).
+
+    The parameters are counted on the meta device first: a model that cannot fit in the memory available on
+    ``device`` (and on the CPU, where it is built) is refused with a :class:`ConfigError` before anything is
+    allocated.
     """
     cfg = get_model_config(name_or_json)
     if patch_dropout is not None:
@@ -88,45 +95,161 @@ def create_model(
     if precision not in _PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(_PRECISIONS)}")
     device = torch.device(device)
+    n_values = parameter_count(cfg)  # on meta too: sizes torch cannot represent are one ConfigError here
     if device.type == "meta":
         if pretrained or pretrained_image or pretrained_text:
             raise ConfigError("cannot load weights into a model built on the meta device; use "
                               "evaclip.models.factory.pretrained_state_dict to fit them, then load after sharding")
         with torch.device("meta"):
             return CLIP(cfg).to(_PRECISIONS[precision])
+    check_fits(n_values, device, precision)
 
     model = CLIP(cfg)
     if pretrained:
-        report = load_checkpoint(model, pretrained, strict=strict)
+        report = load_checkpoint(model, pretrained, strict=strict, allow_nonfinite=allow_nonfinite)
         log.info("loaded %s", report)
     tower_skip = tuple(skip_keys)
     # Tower initialisation is strict except for what the caller re-initialises (skip_keys) and, for the vision
     # tower, the CLIP projection head, which a MIM file does not have.
     if pretrained_image:
         report = load_checkpoint(model.visual, pretrained_image, strict=True, skip=tower_skip,
-                                 allow_missing=("head.",))
+                                 allow_missing=("head.",), allow_nonfinite=allow_nonfinite)
         log.info("vision tower: %s", report)
     if pretrained_text:
-        report = load_checkpoint(model.text, pretrained_text, strict=True, skip=tower_skip)
+        report = load_checkpoint(model.text, pretrained_text, strict=True, skip=tower_skip,
+                                 allow_nonfinite=allow_nonfinite)
         log.info("text tower: %s", report)
     return model.to(device=device, dtype=_PRECISIONS[precision])
 
 
 def pretrained_state_dict(model: CLIP, pretrained=None, pretrained_image=None, pretrained_text=None,
-                          skip_keys: Iterable[str] = (), strict: bool = True) -> dict[str, torch.Tensor]:
+                          skip_keys: Iterable[str] = (), strict: bool = True, allow_nonfinite: bool = False
+                          ) -> dict[str, torch.Tensor]:
     """The weights :func:`create_model` would load, fitted to ``model`` (which may be on the meta device), as one
     full state dict keyed like ``model.state_dict()``: for sharded models, which receive it after wrapping."""
     out: dict[str, torch.Tensor] = {}
     if pretrained:
-        out.update(load_checkpoint(model, pretrained, strict=strict).tensors)
+        out.update(load_checkpoint(model, pretrained, strict=strict, allow_nonfinite=allow_nonfinite).tensors)
     if pretrained_image:
         report = load_checkpoint(model.visual, pretrained_image, strict=True, skip=tuple(skip_keys),
-                                 allow_missing=("head.",))
+                                 allow_missing=("head.",), allow_nonfinite=allow_nonfinite)
         out.update({f"visual.{k}": v for k, v in report.tensors.items()})
     if pretrained_text:
-        report = load_checkpoint(model.text, pretrained_text, strict=True, skip=tuple(skip_keys))
+        report = load_checkpoint(model.text, pretrained_text, strict=True, skip=tuple(skip_keys),
+                                 allow_nonfinite=allow_nonfinite)
         out.update({f"text.{k}": v for k, v in report.tensors.items()})
     return out
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+def _numel(module: torch.nn.Module, buffers: bool) -> int:
+    n = sum(t.numel() for t in module.parameters())
+    return n + sum(t.numel() for t in module.buffers()) if buffers else n
+
+
+def _tower_count(build, layers: int, buffers: bool) -> int:
+    """Values of a tower with ``layers`` blocks, from meta builds of 1 and 2 blocks: every block has the same
+    size, so the count is exact without building (or looping over) all of them. Sizes too large for torch to
+    represent are a :class:`ConfigError`."""
+    try:
+        with torch.device("meta"):
+            one, two = _numel(build(1), buffers), _numel(build(2), buffers)
+    except EvaclipError:
+        raise
+    except (RuntimeError, OverflowError, TypeError, ValueError) as e:  # torch: "Storage size ... overflowed"
+        raise ConfigError(f"the model config's sizes are too large to build ({str(e).splitlines()[0][:120]}); "
+                          "check width, layers, image_size/patch_size and vocab_size") from None
+    return one + (layers - 1) * (two - one)
+
+
+def tower_sizes(cfg: CLIPConfig, *, buffers: bool = True) -> tuple[int, int | None]:
+    """``(vision, text)`` numbers of values in each tower's parameters (and buffers), counted on the meta device
+    whatever the depth: nothing is allocated. ``text`` is None for a Hugging Face text tower, whose size is that
+    of the local model it is read from. Sizes too large for torch to represent are a :class:`ConfigError`."""
+    from evaclip.models.text import TextTransformer
+    from evaclip.models.vision import EVAVisionTransformer
+    v, t = cfg.vision_cfg, cfg.text_cfg
+    vision = _tower_count(lambda n: EVAVisionTransformer(dataclasses.replace(v, layers=n), cfg.embed_dim),
+                          v.layers, buffers)
+    text = None if t.is_hf else _tower_count(
+        lambda n: TextTransformer(dataclasses.replace(t, layers=n), cfg.embed_dim), t.layers, buffers)
+    return vision, text
+
+
+def check_tower_fits(build, layers: int) -> None:
+    """For towers built outside :func:`create_model` (the MIM student and teacher): ``build(n)`` makes the tower
+    with ``n`` blocks; refuse it, before building it for real, if it cannot fit in memory (fp32, on the CPU)."""
+    check_fits(_tower_count(build, layers, buffers=True), torch.device("cpu"))
+
+
+def parameter_count(cfg: CLIPConfig) -> int:
+    """Values in the model's parameters and buffers (a Hugging Face text tower not counted; see
+    :func:`tower_sizes`), plus logit_scale / logit_bias."""
+    vision, text = tower_sizes(cfg)
+    return vision + (text or 0) + 1 + (cfg.init_logit_bias is not None)
+
+
+def _cpu_available() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, lowered by a cgroup (container) limit if any."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        return None
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and avail is not None:
+            avail = min(avail, max(0, int(limit) - usage))
+        break
+    return avail
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (CPU: see :func:`_cpu_available`; CUDA: ``torch.cuda.mem_get_info``), or None
+    where it cannot be known."""
+    if device.type == "cpu":
+        return _cpu_available()
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device} was asked for, but CUDA is not available here; use device cpu")
+        try:
+            return torch.cuda.mem_get_info(device)[0]
+        except (RuntimeError, AssertionError, ValueError) as e:
+            raise ConfigError(f"device {device} cannot be used ({str(e).splitlines()[0][:120]}); "
+                              f"choose one of cuda:0..cuda:{torch.cuda.device_count() - 1}") from None
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def check_fits(n_values: int, device: torch.device, precision: str = "fp32") -> None:
+    """Refuse a model whose parameters alone do not fit: it is built in fp32 on the CPU, then moved to
+    ``device`` in ``precision``. Checked before building, since an over-large model otherwise allocates until
+    the machine runs out of memory."""
+    fp32 = n_values * torch.finfo(torch.get_default_dtype()).bits // 8
+    needs = [(torch.device("cpu"), fp32)]
+    if device.type != "cpu":
+        needs.append((device, n_values * torch.finfo(_PRECISIONS[precision]).bits // 8))
+    for where, need in needs:
+        free = available_memory(where)
+        if free is not None and need > free:
+            raise ConfigError(f"the model has {n_values:,} parameters: {_gib(need)} on {where}, where only "
+                              f"{_gib(free)} is available; choose a smaller config (or build it on the meta "
+                              "device to plan it)")
 
 
 def create_model_and_transforms(name_or_json, pretrained=None, **kwargs):

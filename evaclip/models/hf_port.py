@@ -38,6 +38,7 @@ from typing import Mapping
 import torch
 
 from evaclip.errors import CheckpointError
+from evaclip.models.config import show_value
 
 StateDict = dict[str, torch.Tensor]
 
@@ -163,28 +164,41 @@ _EXACT_GELU = ("gelu",)
 _VARIANT_FLAGS = ("rope", "swiglu", "sub_ln", "subln")
 
 
+def read_config(folder: Path) -> dict | None:
+    """A model folder's ``config.json`` as a dict (None if the folder has none); anything else is refused."""
+    from evaclip.models.config import parse_json
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {config_path} ({e}); re-download the model folder") from None
+    config = parse_json(text, str(config_path), CheckpointError)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} holds a JSON {type(config).__name__}, not an object; it is not a "
+                              "model config: re-download the model folder")
+    return config
+
+
 def check_config(folder: Path) -> None:
     """Refuse a model folder whose ``config.json`` describes blocks this adapter does not map.
 
     evaclip's towers use exact GELU; a ``hidden_act`` of anything else (``quick_gelu``...) or a truthy RoPE /
     SwiGLU / sub-LN flag in the vision or text config would give silently different outputs.
     """
-    import json
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    config = read_config(folder)
+    if config is None:
         return
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise CheckpointError(f"{config_path} is not valid JSON ({e}); re-download the model folder") from None
+    config_path = folder / "config.json"
     for tower in ("vision_config", "text_config"):
-        sub = config.get(tower) if isinstance(config, dict) else None
+        sub = config.get(tower)
         if not isinstance(sub, dict):
             continue
         act = sub.get("hidden_act", "gelu")
         if act not in _EXACT_GELU:
-            raise CheckpointError(f"{config_path}: {tower}.hidden_act is {act!r}, but evaclip's EVA-CLIP towers "
-                                  "use exact GELU; this checkpoint is not one the HF-port adapter can load")
+            raise CheckpointError(f"{config_path}: {tower}.hidden_act is {show_value(act)}, but evaclip's EVA-CLIP "
+                                  "towers use exact GELU; this checkpoint is not one the HF-port adapter can load")
         flags = [k for k, v in sub.items() if v is True and any(f in k.lower() for f in _VARIANT_FLAGS)]
         if flags:
             raise CheckpointError(f"{config_path}: {tower} sets {', '.join(flags)}, a block variant the HF port of "
@@ -192,18 +206,49 @@ def check_config(folder: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ config.json
-def _need(sub: dict, key: str, where: str):
+def _size(sub: dict, key: str, where: str, default: int | None = None) -> int:
+    """A positive integer field (a JSON bool or float is not one)."""
+    if key not in sub and default is not None:
+        return default
     if key not in sub:
         raise CheckpointError(f"config.json lacks {where}.{key}; build the model from its evaclip name instead "
                               "(e.g. create_model('EVA-CLIP-8B', pretrained=FOLDER))")
-    return sub[key]
+    value = sub[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise CheckpointError(f"config.json: {where}.{key} must be a positive integer, got {show_value(value)}; "
+                              "the file is damaged: re-download the model folder")
+    return value
+
+
+def _flag(sub: dict, key: str, where: str) -> bool:
+    value = sub.get(key, False)
+    if type(value) is not bool:  # "no" would be truthy
+        raise CheckpointError(f"config.json: {where}.{key} must be true or false, got {show_value(value)}")
+    return value
 
 
 def _eps(sub: dict, where: str, expected: float) -> None:
     eps = sub.get("layer_norm_eps", expected)
-    if not math.isclose(float(eps), expected, rel_tol=1e-6):
-        raise CheckpointError(f"config.json: {where}.layer_norm_eps is {eps}, but evaclip's {where.split('_')[0]} "
-                              f"tower uses {expected} as the official code does; this model is not one it can build")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isclose(eps, expected, rel_tol=1e-6):
+        raise CheckpointError(f"config.json: {where}.layer_norm_eps is {show_value(eps)}, but evaclip's "
+                              f"{where.split('_')[0]} tower uses {expected} as the official code does; this model "
+                              "is not one it can build")
+
+
+def _ratio(hidden: int, width: int) -> float:
+    """``mlp_ratio`` with ``int(width * ratio) == hidden`` (the width evaclip computes), whatever the rounding."""
+    ratio = hidden / width
+    while int(width * ratio) < hidden:
+        ratio = math.nextafter(ratio, math.inf)
+    return ratio
+
+
+def _heads(sub: dict, width: int, where: str) -> int:
+    heads = _size(sub, "num_attention_heads", where)
+    if width % heads:
+        raise CheckpointError(f"config.json: {where}.hidden_size ({width}) is not divisible by num_attention_heads "
+                              f"({heads}); the file is damaged: re-download the model folder")
+    return heads
 
 
 def config_from_hf(folder: Path) -> dict:
@@ -211,39 +256,42 @@ def config_from_hf(folder: Path) -> dict:
 
     Reads only the fields the port's modeling code reads (``hidden_size``, ``num_hidden_layers``,
     ``num_attention_heads``, ``intermediate_size``, ``image_size``, ``patch_size``, ``use_rms_norm``,
-    ``post_layernorm``, ``q_bias``/``v_bias``, ``vocab_size``, ``max_position_embeddings``, ``projection_dim``)
-    and refuses what evaclip would build differently.
+    ``post_layernorm``, ``q_bias``/``v_bias``, ``vocab_size``, ``max_position_embeddings``, ``projection_dim``),
+    each checked for its type (sizes are positive integers, flags real booleans), and refuses what evaclip
+    would build differently.
     """
-    import json
     check_config(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = read_config(folder)
+    if config is None:
+        raise CheckpointError(f"{folder} has no config.json; build the model from its evaclip name instead")
     v, t = config.get("vision_config"), config.get("text_config")
     if not isinstance(v, dict) or not isinstance(t, dict):
         raise CheckpointError(f"{folder / 'config.json'} has no vision_config/text_config: not an EVA-CLIP HF port")
-    width, heads = int(_need(v, "hidden_size", "vision_config")), int(_need(v, "num_attention_heads", "vision_config"))
-    q_bias, v_bias = bool(v.get("q_bias", False)), bool(v.get("v_bias", False))
+    width = _size(v, "hidden_size", "vision_config")
+    heads = _heads(v, width, "vision_config")
+    q_bias, v_bias = _flag(v, "q_bias", "vision_config"), _flag(v, "v_bias", "vision_config")
     if q_bias != v_bias:
         raise CheckpointError("config.json: vision q_bias and v_bias differ; EVA learns both or neither")
-    rms = bool(v.get("use_rms_norm", False))
     _eps(v, "vision_config", 1e-6)
     _eps(t, "text_config", 1e-5)
-    t_width = int(_need(t, "hidden_size", "text_config"))
-    t_inter = int(t.get("intermediate_size", 4 * t_width))
+    t_width = _size(t, "hidden_size", "text_config")
+    t_heads = _heads(t, t_width, "text_config")
     return {
-        "embed_dim": int(_need(config, "projection_dim", "config")),
+        "embed_dim": _size(config, "projection_dim", "config"),
         "vision_cfg": {
-            "image_size": int(_need(v, "image_size", "vision_config")),
-            "patch_size": int(_need(v, "patch_size", "vision_config")),
-            "width": width, "layers": int(_need(v, "num_hidden_layers", "vision_config")),
+            "image_size": _size(v, "image_size", "vision_config"),
+            "patch_size": _size(v, "patch_size", "vision_config"),
+            "width": width, "layers": _size(v, "num_hidden_layers", "vision_config"),
             "head_width": width // heads,
-            "mlp_ratio": int(_need(v, "intermediate_size", "vision_config")) / width,
-            "qkv_bias": q_bias, "postnorm": bool(v.get("post_layernorm", False)), "use_rms_norm": rms,
+            "mlp_ratio": _ratio(_size(v, "intermediate_size", "vision_config"), width),
+            "qkv_bias": q_bias, "postnorm": _flag(v, "post_layernorm", "vision_config"),
+            "use_rms_norm": _flag(v, "use_rms_norm", "vision_config"),
         },
         "text_cfg": {
-            "context_length": int(_need(t, "max_position_embeddings", "text_config")),
-            "vocab_size": int(_need(t, "vocab_size", "text_config")), "width": t_width,
-            "heads": int(_need(t, "num_attention_heads", "text_config")),
-            "layers": int(_need(t, "num_hidden_layers", "text_config")), "mlp_ratio": t_inter / t_width,
+            "context_length": _size(t, "max_position_embeddings", "text_config"),
+            "vocab_size": _size(t, "vocab_size", "text_config"), "width": t_width, "heads": t_heads,
+            "layers": _size(t, "num_hidden_layers", "text_config"),
+            "mlp_ratio": _ratio(_size(t, "intermediate_size", "text_config", 4 * t_width), t_width),
         },
     }
 

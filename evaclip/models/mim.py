@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaclip.errors import CheckpointError, ConfigError
-from evaclip.models.checkpoint import load_checkpoint, read_file, save_file, unwrap
+from evaclip.models.checkpoint import load_checkpoint, read_state_dict, save_file
 from evaclip.models.config import VisionConfig
 from evaclip.models.layers import trunc_normal_
 from evaclip.models.vision import EVAVisionTransformer
@@ -39,8 +39,12 @@ class MIMStudent(EVAVisionTransformer):
     """
 
     def __init__(self, cfg: VisionConfig, teacher_dim: int):
-        if not isinstance(teacher_dim, int) or teacher_dim <= 0:
+        if not isinstance(teacher_dim, int) or isinstance(teacher_dim, bool) or teacher_dim <= 0:
             raise ConfigError(f"teacher_dim must be a positive integer, got {teacher_dim!r}")
+        cfg.validate()
+        if torch.empty(0).device.type != "meta":  # a real build: refuse a student larger than memory first
+            from evaclip.models.factory import check_tower_fits
+            check_tower_fits(lambda n: MIMStudent(dataclasses.replace(cfg, layers=n), teacher_dim), cfg.layers)
         super().__init__(cfg, embed_dim=cfg.width)
         self.teacher_dim = teacher_dim
         self.head = nn.Identity()  # no CLIP projection in MIM (see module docstring)
@@ -108,9 +112,9 @@ class MIMStudent(EVAVisionTransformer):
         """Write the official-layout state dict as safetensors (atomically)."""
         save_file(self.state_dict_official(), path, metadata={"format": "pt", "evaclip_layout": "mim"})
 
-    def load(self, path: str | os.PathLike) -> None:
+    def load(self, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> None:
         """Load an official-layout MIM file (e.g. one written by :meth:`save`) strictly, to resume or evaluate."""
-        sd = unwrap(read_file(path))
+        sd, _ = read_state_dict(path, allow_nonfinite=allow_nonfinite)
         sd = {k: v for k, v in sd.items() if "freqs_cos" not in k and "freqs_sin" not in k}  # RoPE is rebuilt
         own = self.state_dict()
         missing = sorted(set(own) - set(sd))
@@ -163,6 +167,9 @@ class MIMTeacher(nn.Module):
         if student_grid is not None and student_grid != vcfg.grid_size:
             _check_regrid(vcfg, student_grid)
             vcfg = dataclasses.replace(vcfg, image_size=student_grid * vcfg.patch_size)
+        from evaclip.models.factory import check_tower_fits
+        check_tower_fits(lambda n: EVAVisionTransformer(dataclasses.replace(vcfg, layers=n), cfg.embed_dim),
+                         vcfg.layers)
         visual = EVAVisionTransformer(vcfg, cfg.embed_dim)
         load_checkpoint(visual, checkpoint, strict=True)
         return cls(visual, None, include_cls)

@@ -42,6 +42,12 @@ class PlanRequest:
     dtype_bytes: int = COMPUTE_BYTES  # activations in bf16
 
     def validate(self) -> None:
+        # NaN fails every comparison below, so it would pass them all: refuse non-finite numbers first.
+        for flag, value in (("--gpu-memory", self.gpu_memory_gib), ("--patch-dropout", self.patch_dropout),
+                            ("--peak-tflops", self.peak_tflops), ("--mfu", self.mfu), ("--samples", self.samples),
+                            ("--reserve-gb", self.reserve_gb)):
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"{flag} must be a finite number, got {value}")
         if self.gpus < 1:
             raise ConfigError(f"--gpus must be >= 1, got {self.gpus}")
         if self.gpu_memory_gib <= 0:

@@ -43,11 +43,14 @@ def _gradient_sync(model: nn.Module, enabled: bool):
 
 def cached_feature_step(model: nn.Module, loss_fn: Callable, images: torch.Tensor, tokens: torch.Tensor,
                         chunks: int, autocast: Callable[[], contextlib.AbstractContextManager],
-                        loss_hook: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss) -> torch.Tensor:
+                        loss_hook: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
+                        scale_backward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Forward + backward of one contrastive step in ``chunks`` micro-batches; returns the (detached) loss.
 
     ``model(images, tokens)`` must return ``(image_features, text_features, logit_scale)`` as a CLIP does.
     ``loss_hook`` may rewrite the loss before backward (the trainer's fault injection uses it).
+    ``scale_backward`` (fp16 loss scaling, e.g. ``GradScaler.scale``) multiplies what is backpropagated
+    through the towers, where fp16 gradients could underflow; the loss on the fp32 embeddings is not scaled.
     """
     device = images.device
     pieces = list(zip(images.chunk(chunks), tokens.chunk(chunks)))
@@ -77,7 +80,7 @@ def cached_feature_step(model: nn.Module, loss_fn: Callable, images: torch.Tenso
             # scale is used by every micro-batch: each passes on an equal share of its gradient.
             surrogate = ((f_img.float() * g_img[i]).sum() + (f_txt.float() * g_txt[i]).sum()
                          + (s.float() * scale.grad / len(pieces)).sum())
-            surrogate.backward()
+            (scale_backward(surrogate) if scale_backward is not None else surrogate).backward()
     _set_rng_state(after, device)
     if hasattr(model, "set_requires_gradient_sync"):
         model.set_requires_gradient_sync(True)

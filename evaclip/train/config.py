@@ -7,12 +7,15 @@ against the field's type, and an unknown key is an error that lists the valid on
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from evaclip.data.config import DataConfig, DataSource, parse_sources
 from evaclip.errors import ConfigError
@@ -21,6 +24,12 @@ from evaclip.train.optim import OptimConfig
 STRATEGIES = ("ddp", "fsdp")
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "bf16")
 TASKS = ("clip", "mim")
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a run's matmuls compute in: the autocast dtype, bf16 weights, or fp32."""
+    return {"amp_bf16": torch.bfloat16, "bf16": torch.bfloat16, "amp_fp16": torch.float16}.get(precision,
+                                                                                                 torch.float32)
 
 
 @dataclass
@@ -88,7 +97,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = only at the end
     keep_checkpoints: int = 2
     log_every: int = 1
-    precision: str = "fp32"  # fp32 | amp_bf16 (autocast, fp32 master weights) | amp_fp16 | bf16 (pure)
+    # fp32 | amp_bf16 (autocast, fp32 master weights) | amp_fp16 (autocast + dynamic loss scaling: steps whose
+    # scaled gradients overflow are skipped and the scale halved, as torch.amp.GradScaler does) | bf16 (pure)
+    precision: str = "fp32"
     compile: bool = False
     max_nonfinite_steps: int = 5  # stop after this many non-finite losses/gradients in a row
     # Micro-batches per step with exact feature-cached accumulation (contrastive loss only): the loss is
@@ -112,6 +123,8 @@ class TrainConfig:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not str(self.out_dir).strip():
+            raise ConfigError("out_dir is empty; give the run a folder of its own, e.g. out_dir=runs/my-run")
         for name in ("steps", "log_every", "keep_checkpoints", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -137,6 +150,11 @@ class TrainConfig:
             raise ConfigError("task=mim needs mim.teacher (a CLIP checkpoint) and mim.teacher_model (its config)")
         if not 0.0 < self.mim.mask_ratio < 1.0:
             raise ConfigError(f"mim.mask_ratio must lie in (0, 1), got {self.mim.mask_ratio}")
+        if self.eval.every < 0 or self.eval.batch_size < 1:
+            raise ConfigError(f"eval.every must be >= 0 and eval.batch_size >= 1, got {self.eval.every} and "
+                              f"{self.eval.batch_size}")
+        if self.eval.zeroshot and self.task != "clip":
+            raise ConfigError("eval.zeroshot evaluates a CLIP model: it needs task=clip; drop eval.zeroshot")
         self.data.validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,13 +192,7 @@ def _coerce(value: str, annotation: Any, where: str) -> Any:
             return False
         raise ConfigError(f"{where} expects true or false, got {value!r}")
     if annotation is int:
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f"{where} expects an integer, got {value!r}") from None
-        if not as_float.is_integer():
-            raise ConfigError(f"{where} expects an integer, got {value!r}")
-        return int(as_float)
+        return _parse_int(value, where)
     if annotation is float:
         try:
             out = float(value)
@@ -202,6 +214,30 @@ def _coerce(value: str, annotation: Any, where: str) -> Any:
         parsed = [_coerce(str(v) if not isinstance(v, str) else v, inner, where) for v in items]
         return tuple(parsed) if origin is tuple else parsed
     raise ConfigError(f"{where} cannot be set from the command line")
+
+
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what torch and numpy take as a seed or a count
+
+
+def _parse_int(value: str, where: str) -> int:
+    """An integer written exactly: ``12345678901234567`` as is (never through a float, which would round it),
+    ``1e3`` as 1000; fractions, non-finite values and anything beyond 64 bits are refused."""
+    text = value.strip()
+    try:
+        number = int(text)
+    except ValueError:
+        try:
+            exact = decimal.Decimal(text)
+        except decimal.InvalidOperation:
+            raise ConfigError(f"{where} expects an integer, got {value!r}") from None
+        if not exact.is_finite() or exact != exact.to_integral_value():
+            raise ConfigError(f"{where} expects an integer, got {value!r}")
+        if exact.adjusted() > 19:  # far beyond 64 bits: refused before int() builds a huge number
+            raise ConfigError(f"{where}={value} is out of range; use an integer between {INT_MIN} and {INT_MAX}")
+        number = int(exact)
+    if not INT_MIN <= number <= INT_MAX:
+        raise ConfigError(f"{where}={value} is out of range; use an integer between {INT_MIN} and {INT_MAX}")
+    return number
 
 
 def apply_override(cfg: TrainConfig, assignment: str) -> None:
@@ -243,12 +279,32 @@ def set_source_weights(cfg: TrainConfig, weights: list[float]) -> None:
         source.weight = float(w)
 
 
+def _scale_tower_lrs(cfg: TrainConfig, old_lr: float, explicit: set[str]) -> None:
+    """``optim.lr=X`` scales every peak lr of the recipe by ``X / old lr``: the towers' ``visual_lr`` /
+    ``text_lr`` move with it (each keeps its ratio to ``lr``) unless they are set on the same command line."""
+    optim = cfg.optim
+    towers = [k for k in ("visual_lr", "text_lr") if f"optim.{k}" not in explicit and getattr(optim, k) is not None]
+    if not towers or optim.lr == old_lr:
+        return
+    if old_lr == 0:
+        raise ConfigError(f"optim.lr cannot be scaled from the recipe's 0: set "
+                          f"{' and '.join('optim.' + k for k in towers)} as well")
+    for k in towers:
+        setattr(optim, k, getattr(optim, k) * (optim.lr / old_lr))
+    optim.__post_init__()  # the scaled values pass the same checks as typed ones
+
+
 def apply_overrides(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
+    old_lr = cfg.optim.lr
+    keys = {a.split("=", 1)[0].strip() for a in assignments}
     for a in assignments:
         if a.startswith("data.weights="):
-            set_source_weights(cfg, [float(w) for w in a.split("=", 1)[1].replace("::", ",").split(",") if w])
+            raw = [w for w in a.split("=", 1)[1].replace("::", ",").split(",") if w]
+            set_source_weights(cfg, [_coerce(w, float, "data.weights") for w in raw])
         else:
             apply_override(cfg, a)
+    if "optim.lr" in keys:
+        _scale_tower_lrs(cfg, old_lr, keys)
     cfg.validate()
     return cfg
 

@@ -5,8 +5,11 @@ under torchrun). Kinds:
 
 - ``nan_loss`` / ``inf_loss``: the loss of the step becomes non-finite;
 - ``nan_grad``: a gradient of the step becomes NaN;
+- ``nan_weight``: a weight becomes NaN right after the update of the step (as an update that overflows would
+  leave it; the loss and gradients of that step were finite);
 - ``crash``: the process dies with SIGKILL in the middle of the step (after backward, before the update);
 - ``checkpoint_write``: writing the checkpoint of that step fails with ENOSPC, as a full disk would;
+- ``metrics_write``: appending that step's record to ``metrics.jsonl`` fails with ENOSPC;
 - ``checkpoint_kill``: SIGKILL inside the save of that checkpoint, right after the sharded (DCP) write and
   before the per-rank files, ``meta.json`` and the rename: a ``step_XXXXXXXX.partial`` directory is left;
 - ``rename_kill``: SIGKILL with the checkpoint complete in ``step_XXXXXXXX.partial``, just before its rename;
@@ -26,8 +29,8 @@ import sys
 
 from evaclip.errors import ConfigError
 
-KINDS = ("nan_loss", "inf_loss", "nan_grad", "crash", "checkpoint_write", "checkpoint_kill", "rename_kill",
-         "prune_kill")
+KINDS = ("nan_loss", "inf_loss", "nan_grad", "nan_weight", "crash", "checkpoint_write", "metrics_write",
+         "checkpoint_kill", "rename_kill", "prune_kill")
 _AUDITED = ("rename_kill", "prune_kill")
 
 
@@ -67,7 +70,7 @@ def maybe_fail(kind: str, step: int) -> None:
         _kill()
     if not active(kind, step):
         return
-    if kind == "checkpoint_write":
+    if kind in ("checkpoint_write", "metrics_write"):
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
     if kind == "crash":
         _kill()
@@ -125,6 +128,18 @@ def poison_grad(model) -> None:
         if local.numel():
             local.fill_(float("nan"))
             return
+
+
+def poison_weight(model) -> None:
+    """The ``nan_weight`` fault: one element of a weight that this rank holds a part of becomes NaN."""
+    import torch
+    with torch.no_grad():
+        for p in model.parameters():
+            local = p.detach()
+            local = local.to_local() if hasattr(local, "to_local") else local
+            if local.numel():
+                local.view(-1)[0] = float("nan")
+                return
 
 
 _install_hook()

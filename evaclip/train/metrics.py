@@ -1,4 +1,5 @@
-"""Training telemetry: ``metrics.jsonl``, TensorBoard, and MFU against a matmul ceiling measured here."""
+"""Training telemetry: ``metrics.jsonl``, TensorBoard, and MFU against a matmul ceiling measured here, in the
+dtype the run computes in (:func:`evaclip.train.config.compute_dtype`)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from evaclip.errors import TrainingError
+from evaclip.train import faults
 
 
 @dataclass
@@ -75,8 +79,14 @@ class MetricsLog:
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            faults.maybe_fail("metrics_write", record["step"])
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise TrainingError(f"could not append step {record['step']} to {self.path} ({e.strerror or e}); the "
+                                "checkpoints written so far are intact: free disk space or fix out_dir, then "
+                                "resume=latest") from None
         if self._tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":

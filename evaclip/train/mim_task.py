@@ -81,10 +81,11 @@ class MIMTask:
 
     def export(self, full_state_dict: dict[str, torch.Tensor], out_dir: Path) -> list[Path]:
         from evaclip.models.checkpoint import save_file
+        from evaclip.outputs import atomic_write_text
         weights, config = out_dir / "final.safetensors", out_dir / "model_config.json"
         save_file(full_state_dict, weights, metadata={"format": "pt", "evaclip_layout": "mim"})
         # The CLIP config whose vision tower this student is: create_model(config, pretrained_image=weights).
-        config.write_text(json.dumps(self.model_cfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(config, json.dumps(self.model_cfg.to_dict(), indent=2) + "\n", what="training output")
         return [weights, config]
 
     def flops_per_sample(self) -> float | None:

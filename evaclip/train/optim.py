@@ -18,12 +18,24 @@ from evaclip.errors import ConfigError
 
 OPTIMIZERS = ("lamb", "adamw")
 TOWERS = ("visual", "text")
+MAX_RATE = 1e30  # bound on lr, weight decay and eps
 
 
 @dataclass
 class OptimConfig:
-    """Optimizer settings. ``visual_lr`` / ``text_lr`` default to ``lr``; ``*_ld`` is the layer-wise lr decay
-    (1.0 = none). The defaults are the paper's 8B/18B recipe (Table 12)."""
+    """Optimizer settings; the defaults are the paper's 8B/18B recipe (Table 12).
+
+    What each lr does (peak values; the schedule multiplies all of them by the same warm-up/cosine factor):
+
+    - ``visual_lr``: the vision tower's top layer; lower layers get ``visual_lr * visual_ld ** depth``.
+    - ``text_lr``: the same for the text tower with ``text_ld``.
+    - ``lr``: everything outside the towers (the logit scale/bias), and either tower whose own lr is None.
+
+    On the command line ``optim.lr=X`` means "train at X": it scales the recipe's ``visual_lr`` and
+    ``text_lr`` by ``X / lr`` too (they keep their ratio to ``lr``), unless they are set on the same command
+    line; ``optim.visual_lr`` / ``optim.text_lr`` alone change one tower. ``*_ld`` is the layer-wise lr decay
+    (1.0 = none).
+    """
 
     name: str = "lamb"
     lr: float = 4e-4
@@ -41,8 +53,11 @@ class OptimConfig:
             raise ConfigError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
         for key in ("lr", "visual_lr", "text_lr", "weight_decay", "eps"):
             value = getattr(self, key)
-            if value is not None and value < 0:
+            if value is not None and not value >= 0:
                 raise ConfigError(f"optim.{key} must be >= 0, got {value}")
+            # The optimizers apply step sizes as float32 scalars, which overflow near 3.4e38.
+            if value is not None and value > MAX_RATE:
+                raise ConfigError(f"optim.{key}={value:g} is beyond any usable value; use at most {MAX_RATE:g}")
         for key in ("visual_ld", "text_ld"):
             if not 0.0 < getattr(self, key) <= 1.0:
                 raise ConfigError(f"optim.{key} must lie in (0, 1], got {getattr(self, key)}")

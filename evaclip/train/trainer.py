@@ -18,9 +18,10 @@ import torch.distributed as dist
 from torch import nn
 
 from evaclip.data.decode import SKIP_REASONS
-from evaclip.errors import TrainingError
+from evaclip.errors import EvaclipError, TrainingError
+from evaclip.outputs import atomic_write_text, check_output
 from evaclip.train import checkpointing, faults
-from evaclip.train.config import TrainConfig
+from evaclip.train.config import TrainConfig, compute_dtype
 from evaclip.train.distributed import DistInfo, init_distributed
 from evaclip.train.metrics import MetricsLog, measure_matmul_ceiling
 from evaclip.train.optim import build_optimizer
@@ -31,10 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def _autocast(precision: str, device: torch.device):
-    if precision == "amp_bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "amp_fp16":
-        return torch.autocast(device.type, dtype=torch.float16)
+    if precision.startswith("amp_"):
+        return torch.autocast(device.type, dtype=compute_dtype(precision))
     return contextlib.nullcontext()
 
 
@@ -46,6 +45,10 @@ def _check_writable(out_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise TrainingError(f"out_dir {out_dir} is not writable ({e.strerror or e}); choose another out_dir") from None
+    # What the run writes at the end is checked now, not after hours of training (e.g. a symlink or a folder
+    # where final.safetensors goes).
+    for name in ("config.json", "metrics.jsonl", "final.safetensors", "model_config.json", "summary.json"):
+        check_output(out_dir / name, overwrite=True, what="training output")
 
 
 class Trainer:
@@ -68,6 +71,7 @@ class Trainer:
         # not read), the out_dir.
         self.resume_path = checkpointing.resolve_resume(cfg.resume, self.out_dir)
         self.task = make_task(cfg)
+        self.eval_sets = self._load_eval_sets()
         self._external_batches = batches
         self.loader = self._make_loader() if batches is None else None
         if self.dist.is_main:
@@ -92,10 +96,19 @@ class Trainer:
         self.schedule = LRSchedule(total_steps=cfg.steps, warmup_steps=cfg.schedule.warmup_steps,
                                    kind=cfg.schedule.kind, min_lr_ratio=cfg.schedule.min_lr_ratio)
         self.loss_fn = self.task.make_loss()
+        # fp16 needs loss scaling (its range ends at 65504); bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "amp_fp16" else None
         self.step = 0
         self.samples_seen = 0
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
+        # Where non-finite values showed up (for the stop message): steps whose loss or gradients were not
+        # finite (a loss-scale overflow is not one), the first of them, and the last step that updated weights.
+        self.nonfinite_steps = 0
+        self.first_nonfinite_step: int | None = None
+        self.last_update_step: int | None = None
+        self._step_was_nonfinite = False
+        self.last_finite_loss: float | None = None
         # Dropout-like randomness (patch dropout, DropPath, MIM masks) differs per rank but is reproducible.
         torch.manual_seed(cfg.seed + 1_000_003 * (self.dist.rank + 1))
 
@@ -135,6 +148,25 @@ class Trainer:
                 full_state_dict=True, broadcast_from_rank0=True, strict=False))
         return model
 
+    def _load_eval_sets(self) -> list[tuple[str, Any]]:
+        """The zero-shot datasets of the evaluation hook, found and listed now: a wrong path fails before step 0,
+        not at the first evaluation ``eval.every`` steps (and maybe hours) later. Resolved as ``evaclip eval``
+        resolves ``--dataset PATH``."""
+        if self.cfg.task != "clip" or not self.cfg.eval.zeroshot:
+            return []
+        from evaclip.eval.datasets import load_classification
+        from evaclip.eval.runner import resolve_dataset
+        from evaclip.transforms import image_transform
+        transform = image_transform(self.task.image_size, is_train=False)
+        sets = []
+        for dataset in self.cfg.eval.zeroshot:
+            try:
+                name, path = resolve_dataset(dataset, None)
+                sets.append((f"zeroshot/{Path(dataset).name}/acc1", load_classification(path, transform, name)))
+            except EvaclipError as e:
+                raise type(e)(f"eval.zeroshot: {e}") from None
+        return sets
+
     def _make_loader(self):
         from evaclip.data.pipeline import make_loader
         from evaclip.transforms import image_transform
@@ -160,6 +192,11 @@ class Trainer:
         meta, rank_state = checkpointing.load(path, self.model, self.optimizer)
         self.step = int(meta["step"])
         self.samples_seen = int(meta.get("samples_seen", 0))
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
+        self.nonfinite_steps = int(meta.get("nonfinite_steps", 0))
+        self.first_nonfinite_step = meta.get("first_nonfinite_step")
+        if self.scaler is not None and meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
         if self._external_batches is None and rank_state.get("data") is not None:
             if self.loader is None:
                 self.loader = self._make_loader()
@@ -168,14 +205,20 @@ class Trainer:
             log.info("resumed from %s at step %d", path, self.step)
 
     def save_checkpoint(self) -> Path:
+        self.require_finite_weights("checkpointed")
         data_state = self.loader.state_dict() if self.loader is not None else None
-        meta = {"samples_seen": self.samples_seen, "config": self.cfg.to_dict(), "recipe": self.cfg.recipe}
+        meta = {"samples_seen": self.samples_seen, "config": self.cfg.to_dict(), "recipe": self.cfg.recipe,
+                "skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite_steps,
+                "first_nonfinite_step": self.first_nonfinite_step}
+        if self.scaler is not None:
+            meta["grad_scaler"] = self.scaler.state_dict()
         return checkpointing.save(self.out_dir, self.step, self.model, self.optimizer,
                                   rank_state={"data": data_state}, meta=meta, keep=self.cfg.keep_checkpoints)
 
     def export(self) -> list[Path]:
         """Write the full, unsharded weights (rank 0) in the format ``evaclip.create_model`` loads."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        self.require_finite_weights("exported")
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         paths: list[Path] = []
         if self.dist.is_main:
@@ -183,6 +226,53 @@ class Trainer:
         if self.dist.is_distributed:
             dist.barrier()
         return paths
+
+    # ---- non-finite weights -------------------------------------------------------------------------------
+    def nonfinite_weights(self) -> tuple[int, str | None]:
+        """(non-finite values in the trainable model over all ranks, the first parameter on this rank holding
+        one). A collective: every rank must call it at the same point."""
+        names, counts = [], []
+        for name, p in self.raw_model.named_parameters():
+            local = p.detach()
+            local = local.to_local() if hasattr(local, "to_local") else local  # this rank's FSDP2 shard
+            names.append(name)
+            counts.append((~torch.isfinite(local)).sum())
+        if not counts:
+            return 0, None
+        per_param = torch.stack(counts)
+        total = per_param.sum()
+        if self.dist.is_distributed:
+            dist.all_reduce(total)
+        bad = per_param.nonzero()
+        return int(total.item()), names[int(bad[0])] if bad.numel() else None
+
+    def require_finite_weights(self, purpose: str) -> None:
+        """Refuse to go on (train, checkpoint, export) with NaN or inf in the weights, saying where they came from."""
+        count, name = self.nonfinite_weights()
+        if count:
+            raise TrainingError(self._nonfinite_weights_message(count, name, purpose))
+
+    def _nonfinite_weights_message(self, count: int, name: str | None, purpose: str) -> str:
+        values = f"{count} non-finite value{'s' if count != 1 else ''}"
+        where = f"{values}, e.g. in {name}" if name else values
+        if self.last_update_step is None:  # no update of this process made them: they were loaded so
+            if self.resume_path is not None:
+                return (f"the weights resumed from {self.resume_path} are not finite ({where}); nothing is "
+                        f"{purpose}: resume from an earlier checkpoint with resume=checkpoints/step_XXXXXXXX")
+            m = self.cfg.model
+            given = [f"{k}={v}" for k, v in (("model.pretrained", m.pretrained),
+                                             ("model.pretrained_image", m.pretrained_image),
+                                             ("model.pretrained_text", m.pretrained_text)) if v]
+            source = f"check {' and '.join(given)} for NaN/inf" if given else f"check model.name={m.name}"
+            return (f"the model is not finite before step {self.step}, before any update ({where}); nothing is "
+                    f"{purpose}: the cause is the initial weights, not the learning rate: {source}")
+        history = ""
+        if self.nonfinite_steps:
+            history = (f"; {self.nonfinite_steps} step(s) had a non-finite loss or gradient, the first at step "
+                       f"{self.first_nonfinite_step}")
+        return (f"the weights became non-finite after the update of step {self.last_update_step} ({where}){history}; "
+                f"nothing is {purpose}: lower optim.lr, raise schedule.warmup_steps or lower optim.grad_clip, "
+                "then resume=latest")
 
     @staticmethod
     def _inject_loss_faults(loss: torch.Tensor, step: int) -> torch.Tensor:
@@ -194,7 +284,7 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
-        cfg, step = self.cfg, self.step
+        cfg, step, scaler = self.cfg, self.step, self.scaler
         lr_factor = self.schedule.apply(self.optimizer, step)
         images = images.to(self.device, non_blocking=True)
         tokens = tokens.to(self.device, non_blocking=True)
@@ -204,51 +294,94 @@ class Trainer:
             from evaclip.train.accumulate import cached_feature_step
             loss = cached_feature_step(self.model, self.loss_fn, images, tokens, cfg.accum_steps,
                                        lambda: _autocast(cfg.precision, self.device),
-                                       loss_hook=lambda value: self._inject_loss_faults(value, step))
+                                       loss_hook=lambda value: self._inject_loss_faults(value, step),
+                                       scale_backward=scaler.scale if scaler is not None else None)
             extras = {"logit_scale": self.raw_model.logit_scale.detach().exp()} if hasattr(
                 self.raw_model, "logit_scale") else {}
         else:
             with _autocast(cfg.precision, self.device):
                 loss, extras = self.task.loss(self.model, self.loss_fn, images, tokens)
             loss = self._inject_loss_faults(loss, step)
-            loss.backward()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         if faults.active("nan_grad", step):
             faults.poison_grad(self.raw_model)
         faults.maybe_fail("crash", step)
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)  # clip and check the true gradients; records inf for update()
 
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
-        # One host sync per step: every rank must agree to skip a non-finite step, or they would diverge.
-        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
-        if self.dist.is_distributed:
-            flag = finite.to(torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = flag.bool()
-        ok = bool(finite.item())
+        loss_value, loss_ok, grad_ok = self._reduce_step(loss.detach(), grad_norm)
+        ok = loss_ok and grad_ok
+        # Under fp16 loss scaling, gradients that overflow at a scale >= 1 are the scaler's to handle (it halves
+        # the scale and the step is skipped); at a scale below 1 they are not finite at any scale: a fault.
+        loss_scale = scaler.get_scale() if scaler is not None else None
+        overflow = loss_ok and not grad_ok and loss_scale is not None and loss_scale >= 1.0
         if ok:
-            self.optimizer.step()
+            if scaler is not None:
+                scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
             self.task.after_step(self.model)
+            if faults.active("nan_weight", step):
+                faults.poison_weight(self.raw_model)
             self.nonfinite_in_a_row = 0
+            self.last_update_step = step
+            self.last_finite_loss = loss_value
         else:
             self.skipped_steps += 1
-            self.nonfinite_in_a_row += 1
-            log.warning("step %d: non-finite loss or gradient, update skipped", step)
+            if overflow:
+                log.info("step %d: gradients overflow at loss scale %g, update skipped", step, loss_scale)
+            else:
+                self.nonfinite_in_a_row += 1
+                self.nonfinite_steps += 1
+                if self.first_nonfinite_step is None:
+                    self.first_nonfinite_step = step
+                log.warning("step %d: non-finite loss or gradient, update skipped", step)
+        self._step_was_nonfinite = not ok and not overflow
+        if scaler is not None:
+            # A non-finite loss says nothing about the scale (the data or the model is at fault): keep it.
+            scaler.update(loss_scale if not loss_ok else None)
         self.optimizer.zero_grad(set_to_none=True)
         lr = max(g["lr"] for g in self.optimizer.param_groups)  # the highest group lr (e.g. the vision top)
-        record = {"step": step, "loss": float(loss.detach()), "lr": lr, "lr_factor": lr_factor,
+        record = {"step": step, "loss": loss_value, "lr": lr, "lr_factor": lr_factor,
                   "grad_norm": float(grad_norm), "skipped": not ok}
+        if scaler is not None:
+            record.update(loss_scale=loss_scale, overflow=overflow)
         for k, v in extras.items():
             record[k] = float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
         return record
 
+    def _reduce_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[float, bool, bool]:
+        """(the global-batch loss, is it finite, are the gradients finite), the same on every rank.
+
+        The loss is the mean of the ranks' losses (each over an equal share of the batch), which is the
+        loss of the global batch (see evaclip.train.loss); rank 0's own loss is only its share. Every rank
+        must agree to skip a non-finite step, or they would diverge. One collective, one host sync per step.
+        """
+        values = torch.stack([loss.float().reshape(()), (~torch.isfinite(loss)).float().reshape(()),
+                              (~torch.isfinite(grad_norm)).float().reshape(()).to(loss.device)])
+        if self.dist.is_distributed:
+            dist.all_reduce(values)
+            values[0] /= self.dist.world_size
+        mean, bad_loss, bad_grad = values.tolist()
+        return mean, bad_loss == 0, bad_grad == 0
+
     def check_nonfinite(self, step: int) -> None:
+        """Stop on non-finite weights at once (no later step can repair them) and after
+        ``max_nonfinite_steps`` non-finite steps in a row."""
+        if self._step_was_nonfinite:
+            self.require_finite_weights("checkpointed or exported")
         if self.nonfinite_in_a_row >= self.cfg.max_nonfinite_steps:
+            first = (f", {self.nonfinite_steps} in all since step {self.first_nonfinite_step}"
+                     if self.nonfinite_steps > self.nonfinite_in_a_row else "")
             raise TrainingError(
                 f"loss or gradients were not finite for {self.nonfinite_in_a_row} steps in a row (last at step "
-                f"{step}); lower optim.lr, raise schedule.warmup_steps, check the data, or train in fp32")
+                f"{step}){first}; the weights are still finite, nothing is exported: lower optim.lr, raise "
+                "schedule.warmup_steps, check the data, or train in fp32")
 
     def close(self) -> None:
         """Release the data workers, the DDP wrapper and, if this trainer created it, the process group."""
@@ -273,20 +406,17 @@ class Trainer:
         out: dict[str, float] = {}
         sharded = self.dist.is_distributed and self.cfg.strategy == "fsdp"
         if (self.dist.is_main or sharded) and self.cfg.task == "clip":
-            from evaclip.eval.datasets import load_classification, make_loader
+            from evaclip.eval.datasets import make_loader
             from evaclip.eval.zeroshot import evaluate_zeroshot_classification
-            from evaclip.transforms import image_transform
             model = self.raw_model
             was_training = model.training
             model.eval()
-            transform = image_transform(self.task.image_size, is_train=False)
-            for path in self.cfg.eval.zeroshot:
-                data = load_classification(path, transform)
+            for key, data in self.eval_sets:
                 loader = make_loader(data.dataset, batch_size=self.cfg.eval.batch_size)
                 with torch.no_grad(), _autocast(self.cfg.precision, self.device):
                     m = evaluate_zeroshot_classification(model, self.task.tokenizer(), loader, data.classnames,
                                                          data.templates or ["a photo of a {c}."], self.device)
-                out[f"zeroshot/{Path(path).name}/acc1"] = m["acc1"]
+                out[key] = m["acc1"]
             model.train(was_training)
         if self.dist.is_distributed:
             dist.barrier()
@@ -296,12 +426,16 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self.resume()
+        self.require_finite_weights("trained")
         metrics = MetricsLog(self.out_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
         if self.dist.is_main:
-            (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            atomic_write_text(self.out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n",
+                              what="training output")
         global_batch = cfg.data.batch_size * self.dist.world_size
         flops = self.task.flops_per_sample()
-        ceiling = measure_matmul_ceiling(self.device) if flops else None
+        # MFU's denominator is the matmul rate of the dtype the run computes in (bf16 runs several times faster
+        # than fp32 on a GPU, so an fp32 ceiling would inflate a bf16 run's MFU).
+        ceiling = measure_matmul_ceiling(self.device, compute_dtype(cfg.precision)) if flops else None
         batches = self._batches()
         progress = None
         if self.dist.is_main and cfg.progress:
@@ -310,7 +444,6 @@ class Trainer:
                             dynamic_ncols=True)
         self.model.train()
         wall_start, data_time, step_time = time.perf_counter(), 0.0, 0.0
-        last = {}
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
@@ -340,7 +473,6 @@ class Trainer:
                 if cfg.trace_samples:
                     with open(self.out_dir / f"samples_rank{self.dist.rank}.jsonl", "a") as f:
                         f.write(json.dumps({"step": self.step - 1, "keys": list(info.get("keys", []))}) + "\n")
-                last = record
                 if cfg.eval.every and (self.step % cfg.eval.every == 0 or self.step == cfg.steps):
                     record.update(self.evaluate())
                 if should_log:
@@ -364,15 +496,18 @@ class Trainer:
             metrics.close()
             if self.loader is not None:
                 self.loader.close()
-        summary = {"steps": self.step, "samples_seen": self.samples_seen, "final_loss": last.get("loss"),
-                   "skipped_steps": self.skipped_steps, "wall_s": time.perf_counter() - wall_start,
+        # final_loss: that of the last step that updated the weights (a skipped step's NaN says nothing about them).
+        summary = {"steps": self.step, "samples_seen": self.samples_seen, "final_loss": self.last_finite_loss,
+                   "skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite_steps,
+                   "wall_s": time.perf_counter() - wall_start,
                    "data_wait_share": data_time / step_time if step_time else 0.0,
                    "exported": [str(p) for p in exported]}
         if self.loader is not None:  # a collective: every rank's skips, as in metrics.jsonl
             from evaclip.data.pipeline import global_skip_counts
             summary["skipped_samples"] = global_skip_counts(self.loader.skip_counts)
         if self.dist.is_main:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n",
+                              what="training output")
         return summary
 
 

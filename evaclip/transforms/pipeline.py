@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from evaclip.errors import ConfigError
-from evaclip.transforms.color import ImageInputError, to_rgb
+from evaclip.transforms.color import TRANSPARENCY_MODES, ImageInputError, to_rgb
 from evaclip.transforms.geometry import center_crop, random_resized_crop_box, resize_shortest, resized_crop
 
 OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,8 +54,12 @@ class ImageTransform:
         interpolation: str = "bicubic",
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        transparency: str = "keep",
     ) -> None:
         self.image_size = _check_size(image_size)
+        if transparency not in TRANSPARENCY_MODES:
+            raise ConfigError(f"transparency must be one of {TRANSPARENCY_MODES}, got {transparency!r}")
+        self.transparency = transparency
         self.is_train = bool(is_train)
         if resize_mode not in RESIZE_MODES:
             raise ConfigError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
@@ -80,7 +84,7 @@ class ImageTransform:
         self._resample = INTERPOLATIONS[interpolation]
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        img = to_rgb(img)
+        img = to_rgb(img, self.transparency)
         size = self.image_size
         if self.is_train:
             box = random_resized_crop_box(img.width, img.height, self.scale, self.ratio, self.generator)
@@ -103,7 +107,8 @@ class ImageTransform:
             geometry = f"Resize(({self.image_size}, {self.image_size}), {self.interpolation})"
         else:
             geometry = f"ResizeShortest({self.image_size}, {self.interpolation}), CenterCrop({self.image_size})"
-        return (f"ImageTransform(ToRGB(white background), {geometry}, ToTensor, "
+        to_rgb_step = "ToRGB(transparent on white)" if self.transparency == "white" else "ToRGB"
+        return (f"ImageTransform({to_rgb_step}, {geometry}, ToTensor, "
                 f"Normalize(mean={self.mean}, std={self.std}))")
 
 
@@ -119,15 +124,18 @@ def image_transform(
     interpolation: str = "bicubic",
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    transparency: str = "keep",
 ) -> ImageTransform:
     """CLIP preprocessing for training (``is_train=True``: random resized crop) or evaluation.
 
     ``resize_mode`` ("shortest": resize + centre crop, or "squash": direct resize) applies to evaluation;
     ``scale``/``ratio``/``generator``/``seed`` to training. ``seed`` (or a ``torch.Generator``) makes the
-    crops reproducible; without either, torch's global RNG is used.
+    crops reproducible; without either, torch's global RNG is used. ``transparency``: "keep" (default) drops
+    alpha / transparent colours as the reference's ``convert("RGB")`` does; "white" composites them on white.
     """
     return ImageTransform(image_size, is_train, resize_mode=resize_mode, scale=scale, ratio=ratio, mean=mean,
-                          std=std, interpolation=interpolation, generator=generator, seed=seed)
+                          std=std, interpolation=interpolation, generator=generator, seed=seed,
+                          transparency=transparency)
 
 
 def images_to_tensor(images: Sequence[Image.Image], transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:

@@ -125,6 +125,52 @@ def test_embed_bad_inputs(tiny, tmp_path, capsys):
     assert info.value.code == 2
 
 
+def test_embed_bf16_and_nonfinite_weights(tiny, tmp_path, capsys):
+    """bf16 weights get bf16 inputs (one cast, in evaclip.eval.features); a checkpoint with an inf weight is
+    refused unless --allow-nonfinite, and then embedded with one warning line naming the tensor."""
+    model, ckpt = tiny
+    src = tmp_path / "texts.txt"
+    src.write_text("a cat\n")
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rels = make_images(root)
+    out = tmp_path / "bf16.npy"
+    assert main(["embed", "--model", "evaclip-tiny", "--pretrained", str(ckpt), "--images", str(root),
+                 "--out", str(out), "--precision", "bf16"]) == 0
+    want = expected_image_rows(model, root, rels)
+    assert (np.load(out) * want).sum(1).min() > 0.98  # cosine to the fp32 embeddings
+    state = evaclip.create_model("evaclip-tiny").state_dict()
+    state["text.ln_final.weight"][0] = float("inf")
+    torch.save(state, tmp_path / "inf.pt")
+    base = ["embed", "--model", "evaclip-tiny", "--pretrained", str(tmp_path / "inf.pt"), "--texts", str(src),
+            "--out", str(tmp_path / "t.npy")]
+    capsys.readouterr()
+    assert main(base) == 2 and not (tmp_path / "t.npy").exists()
+    assert "non-finite" in capsys.readouterr().err
+    assert main(base + ["--allow-nonfinite"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]  # not the progress bar
+    assert len(err) == 1 and "NaN or inf" in err[0] and "text.ln_final.weight" in err[0]
+
+
+def test_embed_out_is_checked_before_the_model_is_built(tiny, tmp_path, capsys, monkeypatch):
+    import os
+    _, ckpt = tiny
+    src = tmp_path / "texts.txt"
+    src.write_text("a cat\n")
+    (tmp_path / "target.npy").write_bytes(b"keep")
+    os.symlink(tmp_path / "target.npy", tmp_path / "link.npy")
+    (tmp_path / "side.npy").write_bytes(b"")
+    os.symlink(tmp_path / "target.npy", tmp_path / "side.txt")  # the sidecar's name
+    monkeypatch.setattr(evaclip, "create_model_and_transforms", lambda *a, **kw: pytest.fail("model built"))
+    for out, fragment in (("link.npy", "symbolic link"), ("side.npy", "symbolic link"),
+                          ("target.npy/x.npy", "not a folder")):
+        assert main(["embed", "--model", "evaclip-tiny", "--pretrained", str(ckpt), "--texts", str(src),
+                     "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and fragment in err, err
+    assert (tmp_path / "target.npy").read_bytes() == b"keep"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # convert
 # ---------------------------------------------------------------------------------------------------------

@@ -126,3 +126,26 @@ def test_fsspec_urls_are_streamed(tmp_path):
         assert tarfile.open(fileobj=io.BytesIO(f.read())).getnames()[0] == "0000.png"
     assert [s["__key__"] for s in TarSampleReader(url)] == ["0000", "0001"]
     assert [s["__key__"] for s in TarSampleReader("file://" + str(path))] == ["0000", "0001"]
+
+
+def test_patterns_are_counted_before_they_are_expanded(monkeypatch):
+    import evaclip.data.shards as shards
+    from evaclip.data.shards import count_names
+
+    assert count_names("x{p,q{1..2}}y{0..9}") == len(expand_braces("x{p,q{1..2}}y{0..9}")) == 30
+    assert count_names("/x/{00000000..99999999}.tar") == 10**8
+    # Refused before any name is built: expansion itself must not run.
+    monkeypatch.setattr(shards, "_expand", lambda p: pytest.fail("expanded a pattern over the cap"))
+    for spec in ["/x/{00000000..99999999}.tar", ["a{0..999999}.tar", "b{0..9}.tar"], "a{0..999}/{0..9999}"]:
+        with pytest.raises(DatasetError, match="more than the 1,000,000") as e:
+            expand_urls(spec)
+        assert "\n" not in str(e.value)
+    with pytest.raises(DatasetError, match="100,000,000 shards"):
+        expand_braces("/x/{00000000..99999999}.tar")
+
+
+def test_the_cap_itself_is_accepted():
+    from evaclip.data.shards import MAX_SHARDS
+
+    urls = expand_urls(f"s{{1..{MAX_SHARDS}}}.tar")
+    assert len(urls) == MAX_SHARDS and urls[-1] == f"s{MAX_SHARDS}.tar"

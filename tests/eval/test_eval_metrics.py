@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from evaclip.eval.metrics import (average_precision, classification_metrics, mean_per_class_recall, mean_recall,
-                                  multilabel_metrics, retrieval_recall,
+                                  MISS, multilabel_metrics, predictions, retrieval_recall, target_ranks,
                                   topk_accuracy, video_score)
 
 
 def naive_order(row):
-    """Indices sorted best first; ties go to the lower index (what argmax does)."""
-    return sorted(range(len(row)), key=lambda j: (-row[j], j))
+    """Indices sorted best first; ties go to the lower index (what argmax does). Non-finite scores come from
+    a broken model: they are never ranked (a query whose target is one is a miss at every k)."""
+    return sorted((j for j in range(len(row)) if math.isfinite(row[j])), key=lambda j: (-row[j], j))
 
 
 def naive_topk(logits, targets, k):
@@ -166,8 +167,10 @@ def test_average_precision_closed_forms():
     # a class without positives is NaN
     ap = average_precision(torch.rand(4, 2), torch.tensor([[1, 0], [0, 0], [1, 0], [0, 0]]))
     assert not math.isnan(ap[0].item()) and math.isnan(ap[1].item())
-    with pytest.raises(ValueError, match="finite"):
-        average_precision(torch.tensor([[float("nan")], [0.0]]), torch.tensor([[1], [0]]))
+    # a positive with a non-finite score is never retrieved: it counts in recall's denominator only
+    assert average_precision(torch.tensor([[float("nan")], [0.0]]), torch.tensor([[1], [0]])).item() == 0.0
+    assert average_precision(torch.tensor([[float("inf")], [1.0], [0.0]]), torch.tensor([[1], [1], [0]])).item() \
+        == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -194,3 +197,81 @@ def test_multilabel_metrics_count_difficult_as_clip_benchmark_and_ignore_it_as_t
     assert m["mean_average_precision"] == pytest.approx((5 / 6 + 1.0 + 0.0) / 3)
     # devkit: the difficult sample leaves class 0's ranking (perfect); class 2 has no positives: left out
     assert m["mean_average_precision_voc07"] == pytest.approx(1.0)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def sprinkle_nonfinite(x: np.ndarray, rng, rate: float) -> np.ndarray:
+    x = x.copy()
+    hit = rng.random(x.shape) < rate
+    x[hit] = rng.choice([NAN, INF, -INF], size=int(hit.sum()))
+    return x
+
+
+def test_nonfinite_target_is_a_miss_and_nonfinite_rivals_never_win():
+    scores = torch.tensor([[NAN, 1.0, 2.0],     # NaN target: old code ranked it first (nothing is > NaN)
+                           [INF, 1.0, 2.0],     # +inf target: a miss as well
+                           [0.5, NAN, INF],     # finite target, non-finite rivals: rank 0
+                           [NAN, NAN, NAN]])    # nothing finite
+    targets = torch.tensor([0, 0, 0, 1])
+    assert target_ranks(scores, targets).tolist() == [MISS, MISS, 0, MISS]
+    assert predictions(scores, targets).tolist() == [-1, -1, 0, -1]
+    m = classification_metrics(scores, targets)
+    assert m["acc1"] == pytest.approx(0.25) and m["num_nonfinite_scores"] == 7
+    assert m["mean_per_class_recall"] == pytest.approx((1 / 3 + 0) / 2)
+
+
+def test_all_nan_logits_score_nothing():
+    logits = torch.full((12, 6), NAN)
+    targets = torch.arange(12) % 6
+    m = classification_metrics(logits, targets)
+    assert m["acc1"] == 0.0 and m["acc5"] == 0.0 and m["mean_per_class_recall"] == 0.0
+    assert m["num_nonfinite_scores"] == 72
+    assert topk_accuracy(logits, targets, ks=(6,))[6] == 0.0  # a miss even when k covers every class
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_topk_and_recall_match_naive_with_nonfinite_scores(seed):
+    rng = np.random.default_rng(seed)
+    logits = sprinkle_nonfinite(rng.integers(0, 4, size=(50, 7)).astype(np.float64), rng, 0.25)
+    targets = rng.integers(0, 7, size=50)
+    acc = topk_accuracy(logits, targets, ks=(1, 3, 5), chunk_size=9)
+    for k in (1, 3, 5):
+        assert acc[k] == pytest.approx(naive_topk(logits.tolist(), targets.tolist(), k))
+    naive_pred = [naive_order(row)[0] if naive_order(row) and math.isfinite(row[t]) else -1
+                  for row, t in zip(logits.tolist(), targets.tolist())]
+    m = classification_metrics(logits, targets)
+    assert m["mean_per_class_recall"] == pytest.approx(naive_balanced_accuracy(naive_pred, targets.tolist()))
+    assert m["num_nonfinite_scores"] == int((~np.isfinite(logits)).sum())
+
+
+def test_retrieval_with_nan_features_scores_nothing():
+    img, txt = torch.full((3, 4), NAN), torch.randn(6, 4)
+    r = retrieval_recall(img, txt, torch.tensor([0, 0, 1, 1, 2, 2]), ks=(1, 5, 10))
+    assert all(r[f"{d}_retrieval_recall@{k}"] == 0.0 for d in ("image", "text") for k in (1, 5, 10))
+    assert r["num_nonfinite_scores"] == 18
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_retrieval_matches_naive_with_nonfinite_features(seed):
+    rng = np.random.default_rng(seed)
+    n_img, per = 6, 2
+    img = sprinkle_nonfinite(rng.integers(-2, 3, size=(n_img, 3)).astype(np.float32), rng, 0.08)
+    owner = np.repeat(np.arange(n_img), per)
+    rng.shuffle(owner)
+    txt = sprinkle_nonfinite(rng.integers(-2, 3, size=(len(owner), 3)).astype(np.float32), rng, 0.08)
+    with np.errstate(invalid="ignore"):
+        sim = (img @ txt.T).tolist()
+    r = retrieval_recall(img, txt, owner, ks=(1, 3, 12), chunk_size=4)
+    for k in (1, 3, 12):
+        t2i, i2t = naive_retrieval(sim, owner.tolist(), k)
+        assert r[f"image_retrieval_recall@{k}"] == pytest.approx(t2i)
+        assert r[f"text_retrieval_recall@{k}"] == pytest.approx(i2t)
+
+
+def test_multilabel_with_nan_logits_scores_nothing():
+    targets = torch.tensor([[1, 0], [0, 1], [1, 1]])
+    m = multilabel_metrics(torch.full((3, 2), NAN), targets)
+    assert m["mean_average_precision"] == 0.0 and m["mean_average_precision_voc07"] == 0.0
+    assert m["num_nonfinite_scores"] == 6

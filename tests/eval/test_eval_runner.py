@@ -11,7 +11,7 @@ def test_resolve_dataset(tmp_path):
     (tmp_path / "cifar10").mkdir()
     assert resolve_dataset(str(tmp_path / "cifar10"), None) == ("cifar10", tmp_path / "cifar10")
     assert resolve_dataset("cifar10", str(tmp_path)) == ("cifar10", tmp_path / "cifar10")
-    assert resolve_dataset("wds/cifar10", str(tmp_path) + "/{dataset_cleaned}") == ("cifar10", tmp_path / "wds-cifar10")
+    assert resolve_dataset("wds/cifar10", str(tmp_path) + "/{dataset_cleaned}") == ("wds/cifar10", tmp_path / "cifar10")
     with pytest.raises(DatasetError, match="--dataset-root"):
         resolve_dataset("cifar10", None)
 

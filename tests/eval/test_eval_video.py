@@ -88,3 +88,14 @@ def test_colour_model_classifies_videos_by_averaged_frames(tmp_path):
     one = evaluate_video_classification(ColorCLIP(), tokenize, load_video_folder(tmp_path, tiny_transform, num_frames=1)[0],
                                         classnames, ["{c}"])
     assert one["acc1"] == 1.0  # the middle frame (index 4) has the class colour
+
+
+def test_empty_class_folder_keeps_its_label(tmp_path):
+    # Only the listing is checked (no decoding), so placeholder files are enough.
+    for name, n in (("ant", 2), ("bee", 0), ("cat", 1)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            (tmp_path / name / f"{i}.mp4").write_bytes(b"")
+    data, classnames = load_video_folder(tmp_path, transform=None)
+    assert classnames[:3] == ["ant", "bee", "cat"]
+    assert [label for _, label in data.items] == [0, 0, 2]

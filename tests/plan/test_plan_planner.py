@@ -57,7 +57,12 @@ def test_more_memory_or_gpus_fit_more():
 @pytest.mark.parametrize("bad", [dict(gpus=0), dict(gpu_memory_gib=0), dict(global_batch=0),
                                  dict(patch_dropout=1.0), dict(peak_tflops=312), dict(mfu=0.4),
                                  dict(peak_tflops=312, mfu=1.5), dict(samples=1e9), dict(optimizer="sgd"),
-                                 dict(reserve_gb=100), dict(model="no-such-model")])
+                                 dict(reserve_gb=100), dict(model="no-such-model"),
+                                 # NaN fails every comparison, so each bound must also refuse it
+                                 dict(gpu_memory_gib=float("nan")), dict(gpu_memory_gib=float("inf")),
+                                 dict(patch_dropout=float("nan")), dict(reserve_gb=float("nan")),
+                                 dict(peak_tflops=float("nan"), mfu=0.4), dict(peak_tflops=312, mfu=float("nan")),
+                                 dict(peak_tflops=312, mfu=0.4, samples=float("nan"))])
 def test_bad_requests_raise_config_errors(bad):
     args = dict(model="EVA-CLIP-18B", gpus=8, gpu_memory_gib=80) | bad
     with pytest.raises(evaclip.ConfigError):

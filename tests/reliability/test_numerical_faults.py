@@ -78,3 +78,72 @@ def test_k_in_a_row_stop_the_cli_with_the_step_and_a_hint(tmp_path):
     assert not (out / "final.safetensors").exists()
     # The checkpoints before the blow-up are there to go back to (the newest two, keep_checkpoints=2).
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000004", "step_00000006"]
+
+
+# ---- non-finite weights: never checkpointed, never exported -------------------------------------------------
+def _no_export(out) -> None:
+    assert not (out / "final.safetensors").exists() and not (out / "summary.json").exists()
+
+
+def test_nan_pretrained_weights_never_train_nor_export(tmp_path):
+    import evaclip
+    from evaclip.models.checkpoint import save_file
+    weights = evaclip.create_model("evaclip-tiny").state_dict()
+    weights["visual.blocks.0.attn.q_proj.weight"][0, 0] = float("nan")
+    save_file(weights, tmp_path / "nan.safetensors")
+    out = tmp_path / "run"
+    proc = run(cli("train", "tiny", f"out_dir={out}", "steps=3", "schedule.warmup_steps=1", "data.batch_size=8",
+                   "checkpoint_every=1", f"model.pretrained={tmp_path / 'nan.safetensors'}", *QUIET))
+    # Refused when loading (a CheckpointError) or by the trainer before step 0; either way with its cause.
+    line = assert_clean_error(proc)
+    assert "lower optim.lr" not in line and ("nan.safetensors" in line or "before any update" in line), line
+    _no_export(out)
+    assert not (out / "checkpoints").exists()
+
+
+def test_a_model_that_is_not_finite_at_start_is_blamed_on_its_weights_not_the_lr(tmp_path):
+    import evaclip
+    from evaclip.errors import TrainingError
+    from evaclip.models.checkpoint import save_file
+    save_file(evaclip.create_model("evaclip-tiny").state_dict(), tmp_path / "ok.safetensors")
+    out = tmp_path / "run"
+    cfg = apply_overrides(get_recipe("tiny"), [f"out_dir={out}", "steps=3", "schedule.warmup_steps=1",
+                                               "data.batch_size=8", "checkpoint_every=1",
+                                               f"model.pretrained={tmp_path / 'ok.safetensors'}", *QUIET])
+    trainer = Trainer(cfg)
+    with torch.no_grad():  # what a loader that let NaN through would leave
+        trainer.raw_model.text.token_embedding.weight[3, 1] = float("inf")
+    with pytest.raises(TrainingError, match=r"before step 0, before any update \(1 non-finite value, e\.g\. in "
+                                            r"text\.token_embedding\.weight\).*not the learning rate.*"
+                                            r"model\.pretrained="):
+        trainer.fit()
+    trainer.close()
+    _no_export(out)
+    assert not (out / "checkpoints").exists()
+
+
+def test_weights_that_go_bad_in_the_last_step_are_neither_exported_nor_checkpointed(tmp_path):
+    out = tmp_path / "run"
+    common = ["train", "tiny", f"out_dir={out}", "steps=3", "schedule.warmup_steps=1", "data.batch_size=8",
+              "checkpoint_every=1", *QUIET]
+    # The update of the last step leaves a NaN weight with a finite loss: no later step would notice it.
+    proc = run(cli(*common), faults="nan_weight@2")
+    assert_clean_error(proc, "non-finite after the update of step 2", "nothing is checkpointed", "lower optim.lr")
+    _no_export(out)
+    # The newest checkpoint is the last finite state, and a resumed run finishes from it.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+    proc = run(cli(*common, "resume=latest"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(torch.isfinite(v).all() for v in final_weights(out).values())
+
+
+def test_weights_that_go_bad_mid_run_stop_it_at_the_next_step(tmp_path):
+    out = tmp_path / "run"
+    # The NaN weight makes the loss of step 2 NaN; the run stops there, not 5 steps later.
+    proc = run(cli("train", "tiny", f"out_dir={out}", "steps=8", "schedule.warmup_steps=1", "data.batch_size=8",
+                   "checkpoint_every=4", "log_every=1", *QUIET), faults="nan_weight@1")
+    assert_clean_error(proc, "after the update of step 1", "1 step(s) had a non-finite loss or gradient, the first "
+                                                             "at step 2", "nothing is checkpointed or exported")
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2]
+    _no_export(out)
+    assert not (out / "checkpoints").exists()

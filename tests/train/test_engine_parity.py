@@ -1,5 +1,6 @@
 """The trainer under torchrun with 2 processes (gloo) equals one process on the same global batch:
-losses at every step and all parameters after a few LAMB steps, for DDP and FSDP2."""
+the losses that rank 0 logs at every step (the global-batch loss, not rank 0's local share) and all parameters
+after a few LAMB steps, for DDP and FSDP2."""
 import os
 import subprocess
 import sys

@@ -1,4 +1,5 @@
-"""Every PIL mode becomes the right 8-bit RGB values (closed forms computed here with numpy)."""
+"""Every PIL mode becomes the right 8-bit RGB values (closed forms computed here with numpy). Transparency:
+by default exactly the reference's ``convert("RGB")``; composited on white only when asked."""
 import numpy as np
 import pytest
 from PIL import Image
@@ -6,8 +7,8 @@ from PIL import Image
 from evaclip.transforms import ImageInputError, to_rgb
 
 
-def rgb(img: Image.Image) -> np.ndarray:
-    out = to_rgb(img)
+def rgb(img: Image.Image, transparency: str = "keep") -> np.ndarray:
+    out = to_rgb(img, transparency)
     assert out.mode == "RGB" and out.size == img.size
     return np.asarray(out).astype(np.int64)
 
@@ -23,25 +24,38 @@ def test_rgb_is_returned_unchanged():
     assert to_rgb(img) is img
 
 
-def test_rgba_is_composited_on_white():
+def test_rgba_is_composited_on_white_when_asked():
     half_red = Image.new("RGBA", (3, 2), (255, 0, 0, 128))
-    assert np.abs(rgb(half_red) - [255, 127, 127]).max() <= 1  # pink, not red and not dark red
-    assert (rgb(Image.new("RGBA", (2, 2), (0, 0, 0, 0))) == 255).all()  # fully transparent -> white
-    assert (rgb(Image.new("RGBA", (2, 2), (10, 20, 30, 255))) == [10, 20, 30]).all()  # opaque unchanged
+    assert np.abs(rgb(half_red, "white") - [255, 127, 127]).max() <= 1  # pink, not red and not dark red
+    assert (rgb(Image.new("RGBA", (2, 2), (0, 0, 0, 0)), "white") == 255).all()  # fully transparent -> white
+    assert (rgb(Image.new("RGBA", (2, 2), (10, 20, 30, 255)), "white") == [10, 20, 30]).all()  # opaque unchanged
     values = np.random.default_rng(1).integers(0, 256, (16, 16, 4), dtype=np.uint8)
-    got = rgb(Image.fromarray(values, "RGBA"))
+    got = rgb(Image.fromarray(values, "RGBA"), "white")
     assert np.abs(got - over_white(values[..., :3], values[..., 3])).max() <= 1
+
+
+def test_transparency_defaults_to_the_reference_convert():
+    values = np.random.default_rng(1).integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    rgba = Image.fromarray(values, "RGBA")
+    assert (rgb(rgba) == values[..., :3]).all()  # alpha dropped, the stored colour kept
+    la = Image.fromarray(values[..., :2].copy(), "LA")
+    pa = _palette_image().convert("PA")
+    pa.putalpha(Image.fromarray(np.array([[255, 0, 128]], np.uint8)))
+    for img in (rgba, la, pa):
+        assert (rgb(img) == np.asarray(img.convert("RGB"))).all()
+    with pytest.raises(ImageInputError, match="transparency must be one of keep, white"):
+        to_rgb(rgba, "black")
 
 
 def test_la_and_premultiplied_modes():
     values = np.random.default_rng(2).integers(0, 256, (8, 8, 2), dtype=np.uint8)
-    got = rgb(Image.fromarray(values, "LA"))
+    got = rgb(Image.fromarray(values, "LA"), "white")
     expected = over_white(np.repeat(values[..., :1], 3, axis=2), values[..., 1])
     assert np.abs(got - expected).max() <= 1
     premultiplied = Image.new("RGBA", (2, 2), (200, 100, 50, 128)).convert("RGBa")
-    assert np.abs(rgb(premultiplied) - over_white(np.array([200, 100, 50]), np.array(128))).max() <= 2
+    assert np.abs(rgb(premultiplied, "white") - over_white(np.array([200, 100, 50]), np.array(128))).max() <= 2
     la_premultiplied = Image.new("LA", (2, 2), (100, 128)).convert("La")
-    assert np.abs(rgb(la_premultiplied) - over_white(np.array([100, 100, 100]), np.array(128))).max() <= 2
+    assert np.abs(rgb(la_premultiplied, "white") - over_white(np.array([100, 100, 100]), np.array(128))).max() <= 2
 
 
 def _palette_image() -> Image.Image:
@@ -56,10 +70,11 @@ def test_palette_with_and_without_transparency():
     img = _palette_image()
     assert rgb(img).tolist() == [[[10, 20, 30], [200, 100, 50], [0, 255, 0]]]
     img.info["transparency"] = 0  # palette index 0 is transparent
-    assert rgb(img).tolist() == [[[255, 255, 255], [200, 100, 50], [0, 255, 0]]]
+    assert rgb(img, "white").tolist() == [[[255, 255, 255], [200, 100, 50], [0, 255, 0]]]
+    assert rgb(img).tolist() == [[[10, 20, 30], [200, 100, 50], [0, 255, 0]]]  # the reference keeps the colour
     pa = _palette_image().convert("PA")
     pa.putalpha(Image.fromarray(np.array([[255, 0, 128]], np.uint8)))
-    got = rgb(pa)[0]
+    got = rgb(pa, "white")[0]
     assert got[0].tolist() == [10, 20, 30] and got[1].tolist() == [255, 255, 255]
     assert np.abs(got[2] - over_white(np.array([0, 255, 0]), np.array(128))).max() <= 1
 
@@ -68,7 +83,8 @@ def test_rgb_with_colour_key_transparency(tmp_path):
     img = Image.fromarray(np.array([[[1, 2, 3], [9, 9, 9]]], np.uint8))
     img.save(tmp_path / "key.png", transparency=(1, 2, 3))
     loaded = Image.open(tmp_path / "key.png")
-    assert rgb(loaded).tolist() == [[[255, 255, 255], [9, 9, 9]]]
+    assert rgb(loaded, "white").tolist() == [[[255, 255, 255], [9, 9, 9]]]
+    assert rgb(Image.open(tmp_path / "key.png")).tolist() == [[[1, 2, 3], [9, 9, 9]]]
 
 
 def test_grayscale_and_bilevel():

@@ -59,11 +59,15 @@ def test_train_transform_determinism():
     assert torch.equal(eval_transform(img), eval_transform(img))
 
 
-def test_any_mode_goes_through_and_transparency_is_white():
+def test_any_mode_goes_through_and_transparency_is_kept_or_white():
     transparent = Image.new("RGBA", (20, 20), (0, 0, 0, 0))
-    out = image_transform(8, False)(transparent)
+    out = image_transform(8, False, transparency="white")(transparent)
     white = (1.0 - torch.tensor(OPENAI_DATASET_MEAN)) / torch.tensor(OPENAI_DATASET_STD)
     assert torch.allclose(out, white.view(3, 1, 1).expand(3, 8, 8), atol=1e-6)
+    black = -torch.tensor(OPENAI_DATASET_MEAN) / torch.tensor(OPENAI_DATASET_STD)  # the reference's convert("RGB")
+    assert torch.allclose(image_transform(8, False)(transparent), black.view(3, 1, 1).expand(3, 8, 8), atol=1e-6)
+    with pytest.raises(ConfigError, match="transparency"):
+        image_transform(8, False, transparency="grey")
     for img in [Image.new("L", (9, 12), 7), Image.new("I;16", (12, 9), 65535), Image.new("CMYK", (10, 10)),
                 Image.new("P", (10, 10)), Image.new("1", (10, 10))]:
         assert image_transform(8, False)(img).shape == (3, 8, 8)
@@ -83,7 +87,7 @@ def test_images_to_tensor_stacks_transforms():
 
 def test_repr_is_readable():
     assert repr(image_transform(224, False)) == (
-        "ImageTransform(ToRGB(white background), ResizeShortest(224, bicubic), CenterCrop(224), ToTensor, "
+        "ImageTransform(ToRGB, ResizeShortest(224, bicubic), CenterCrop(224), ToTensor, "
         "Normalize(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711)))")
     assert "RandomResizedCrop(224, scale=(0.9, 1.0), ratio=(0.75, 1.333), bicubic), seed=3" in repr(
         image_transform(224, True, seed=3))

@@ -55,11 +55,9 @@ def main() -> None:
         record = trainer.train_step(images, tokens)
         trainer.step += 1
         losses.append(record["loss"])
-    # Mean of the per-rank losses = the loss of the global batch (local losses over equal slices).
+    # Rank 0's record as the trainer logs it: it must already be the loss of the global batch (the mean of the
+    # ranks' local losses), not rank 0's own share, to equal the single process's loss.
     loss = torch.tensor(losses)
-    if info.world_size > 1:
-        torch.distributed.all_reduce(loss)
-        loss /= info.world_size
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if info.rank == 0:
