@@ -4,7 +4,7 @@ Three runs of the same training step (benchmarks/train_step.py: forward -> InfoN
 AdamW), fp32, on ``--global-batch`` samples per step in total:
 
 - ``single``: one plain process, the whole batch, ``--threads`` threads (no process group, no wrapping);
-- ``fsdp x1``: torchrun with 1 rank, the model wrapped by ``evaclip.train.parallel.apply_fsdp`` (fp32
+- ``fsdp x1``: torchrun with 1 rank, the model wrapped by ``evaclip.models.parallel.apply_fsdp`` (fp32
   params and reduction): the cost of the FSDP2 machinery alone (copies in and out of the flat shards, hooks);
 - ``fsdp x2``: torchrun with 2 ranks, half the batch each, ``--threads / 2`` threads each: adds the gloo
   all-gathers / reduce-scatters and the contrastive-loss feature gathers.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import Timing, machine_line, median, random_batch, set_threads, time_repeats  # noqa: E402
 from benchmarks.train_step import make_step  # noqa: E402
 from evaclip.models.factory import create_model, get_model_config  # noqa: E402
-from evaclip.train.parallel import FSDPConfig, apply_fsdp  # noqa: E402
+from evaclip.models.parallel import FSDPConfig, apply_fsdp  # noqa: E402
 
 
 def step_times(model_name: str, batch: int, repeats: int, fsdp: bool, seed: int = 0) -> Timing:

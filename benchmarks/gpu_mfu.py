@@ -2,11 +2,11 @@
 
 The model is EVA01-CLIP-g-14 (vision: width 1408, 40 layers, 16 heads, MLP 6144, patch 14 at 224 px; text:
 width 768, 12 layers, context 77; 1.14B parameters), built on the meta device and initialised on the GPU.
-It is wrapped exactly as the trainer wraps it (``evaclip.train.parallel.apply_fsdp``: one FSDP2 unit per
+It is wrapped exactly as the trainer wraps it (``evaclip.models.parallel.apply_fsdp``: one FSDP2 unit per
 block + the root, bf16 compute, fp32 master weights and gradient reduction) on a one-rank NCCL process group.
 One step = forward of both towers -> InfoNCE -> backward -> grad-norm clip -> AdamW (foreach) -> zero_grad.
 
-MFU = (3 x forward FLOPs per pair, ``evaclip.plan.flops.model_flops``) x samples/s / ceiling, where the
+MFU = (3 x forward FLOPs per pair, ``evaclip.models.flops.model_flops``) x samples/s / ceiling, where the
 ceiling is the median sustained bf16 FLOP/s of a square matmul (8192^3) measured in the same run. Step times
 are per-step CUDA-synchronised wall times; the median is reported.
 
@@ -29,9 +29,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evaclip.models.factory import create_model, get_model_config  # noqa: E402
-from evaclip.plan.flops import model_flops  # noqa: E402
+from evaclip.models.flops import model_flops  # noqa: E402
 from evaclip.train.loss import ClipLoss  # noqa: E402
-from evaclip.train.parallel import FSDPConfig, apply_fsdp  # noqa: E402
+from evaclip.models.parallel import FSDPConfig, apply_fsdp  # noqa: E402
 
 START = time.perf_counter()
 

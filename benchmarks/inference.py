@@ -2,7 +2,7 @@
 
 Same models as benchmarks/train_step.py (open_clip_torch 3.3.0's ``CLIP`` loaded by file path, see
 benchmarks/common.py), in ``eval()`` mode under ``torch.inference_mode()``, fp32, ``--threads`` threads.
-MFU = forward FLOPs of the tower per item (``evaclip.plan.flops.model_flops``) x items/s / the fp32 matmul
+MFU = forward FLOPs of the tower per item (``evaclip.models.flops.model_flops``) x items/s / the fp32 matmul
 ceiling measured in the same run. Medians over repeats; the two models alternate in rounds.
 
     .venv/bin/python benchmarks/inference.py [--model evaclip-small] [--batch 256] [--repeats 5] [--compile]
@@ -24,7 +24,7 @@ from benchmarks.common import (Timing, machine_line, matmul_ceiling, median, mer
                                random_batch, set_threads, time_repeats)
 from benchmarks.train_step import build_pair  # noqa: E402
 from evaclip.models.factory import get_model_config  # noqa: E402
-from evaclip.plan.flops import model_flops  # noqa: E402
+from evaclip.models.flops import model_flops  # noqa: E402
 
 
 def run(name: str, batch_size: int, repeats: int, rounds: int, threads: int, verbose: bool = True,

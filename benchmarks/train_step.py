@@ -11,7 +11,7 @@ For ``evaclip-small`` both models have the same matrices and FLOPs (22.33M param
 a k bias that EVA omits and an extra ``ln_pre``, EVA has patch-embedding and head biases).
 
 MFU = model FLOPs per second / matmul ceiling, where model FLOPs per sample = 3 x forward
-(``evaclip.plan.flops.model_flops``) and the ceiling is the median sustained FLOP/s of a 1024^3 fp32 matmul
+(``evaclip.models.flops.model_flops``) and the ceiling is the median sustained FLOP/s of a 1024^3 fp32 matmul
 measured in the same run (before the first and after each model's timed steps). Steps are timed
 individually; medians are reported. The two models alternate in rounds so that machine load drifts hit both
 alike. Each figure comes twice: per wall second, and per second of process CPU time (load-independent on a
@@ -39,7 +39,7 @@ from benchmarks.common import (Batch, Timing, machine_line, matmul_ceiling, medi
                                merge_ceilings, open_clip_model, param_count, random_batch, set_threads,
                                time_repeats)
 from evaclip.models.factory import create_model, get_model_config  # noqa: E402
-from evaclip.plan.flops import model_flops  # noqa: E402
+from evaclip.models.flops import model_flops  # noqa: E402
 from evaclip.train.loss import ClipLoss  # noqa: E402
 
 

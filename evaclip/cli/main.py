@@ -17,7 +17,7 @@ from evaclip.errors import EvaclipError
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("evaclip.cli.models", "list the model configs: parameters and GFLOPs per tower"),
     "embed": ("evaclip.cli.embed", "embed a folder of images or a file of texts to a .npy file"),
-    "convert": ("evaclip.cli.convert", "convert a checkpoint (any official layout) to safetensors"),
+    "convert": ("evaclip.cli.convert", "convert a checkpoint (any layout) to safetensors, official, open_clip or hf"),
     "train": ("evaclip.cli.train", "train with a recipe: evaclip train RECIPE [key=value ...]"),
     "eval": ("evaclip.cli.eval", "zero-shot classification, retrieval, video, linear probe; reports"),
     "data": ("evaclip.cli.data", "prepare the offline demo datasets"),

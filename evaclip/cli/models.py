@@ -1,10 +1,8 @@
 """``evaclip models``: the model configs with their parameter counts and forward GFLOPs per tower.
 
-Everything is measured on the meta device, so even EVA-CLIP-18B costs no memory: parameters are counted from
-the built modules, and FLOPs are counted by running forward passes under
-``torch.utils.flop_counter.FlopCounterMode`` (meta tensors carry shapes, which is all a FLOP count needs).
-Dispatching every op of a 64-block model through the counter is slow, and all blocks of a tower are the same,
-so the count is taken on 1- and 2-block copies of each tower and extrapolated linearly in depth (exact).
+Parameters are counted on the meta device, so even EVA-CLIP-18B costs no memory; FLOPs come from the config
+through :mod:`evaclip.models.flops`, the count the trainer's MFU and ``evaclip plan`` use (its tests hold it
+to ``torch.utils.flop_counter``).
 """
 from __future__ import annotations
 
@@ -13,14 +11,14 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-FLOPS_HELP = ("GFLOPs are counted with torch.utils.flop_counter.FlopCounterMode during forward passes on "
-              "the meta device (1- and 2-block copies of each tower, extrapolated to the full depth): matrix "
-              "multiplications, convolutions and attention, a multiply-add counted as 2 FLOPs; norms, "
-              "activations and embedding lookups are not counted. Per image at the model's image size; per "
-              "text at the full context length.")
+from evaclip.models.flops import model_flops
+
+FLOPS_HELP = ("GFLOPs are counted from the config: matrix multiplications, convolutions and attention, a "
+              "multiply-add counted as 2 FLOPs; norms, activations and embedding lookups are not counted (the "
+              "convention of torch.utils.flop_counter). Per image at the model's image size; per text at the "
+              "full context length, a Hugging Face text tower's encoder included.")
 
 
 @dataclass
@@ -42,36 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (parameters only)")
 
 
-def forward_gflops(module: torch.nn.Module, example: torch.Tensor) -> float:
-    """GFLOPs of one forward pass of ``module`` on ``example`` (both on the meta device)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(example)
-    return counter.get_total_flops() / 1e9
-
-
-def tower_gflops(cfg, depth: int | None = None) -> tuple[float, float]:
-    """Forward GFLOPs per image and per text of a config (``depth`` blocks per tower, default the config's)."""
-    import evaclip
-    if depth is None:
-        depth_v, depth_t = cfg.vision_cfg.layers, cfg.text_cfg.layers
-        one, two = tower_gflops(cfg, 1), tower_gflops(cfg, 2)
-        # f(L) = f(1) + (L - 1) * (f(2) - f(1)): every block costs the same
-        text = None if one[1] is None else one[1] + (depth_t - 1) * (two[1] - one[1])
-        return one[0] + (depth_v - 1) * (two[0] - one[0]), text
-    cfg = copy.deepcopy(cfg)
-    cfg.vision_cfg.layers = cfg.text_cfg.layers = depth
-    model = evaclip.create_model(cfg, device="meta").eval()
-    size = model.visual.image_size
-    image = forward_gflops(model.visual, torch.empty(1, 3, size, size, device="meta"))
-    if cfg.text_cfg.is_hf:  # a Hugging Face encoder is not counted here (its depth is not ours to vary)
-        return image, None
-    tokens = torch.empty(1, model.text.context_length, dtype=torch.long, device="meta")
-    return image, forward_gflops(model.text, tokens)
+def tower_gflops(cfg) -> tuple[float, float]:
+    """Forward GFLOPs per image and per text of a config (at inference: no patch dropout)."""
+    flops = model_flops(cfg)
+    return flops.vision / 1e9, (flops.text + flops.frozen_text) / 1e9
 
 
 def model_stats(name: str, flops: bool = True) -> ModelStats:
-    """Parameter counts and forward GFLOPs of one config, computed on the meta device (from 1- and 2-block
-    builds, so even a config deeper or wider than any machine could hold is counted, not built)."""
+    """Parameter counts and forward GFLOPs of one config, computed on the meta device and from the config, so
+    even a config deeper or wider than any machine could hold is counted, not built."""
     import evaclip
     from evaclip.models.clip import build_text_tower
     from evaclip.models.factory import tower_sizes

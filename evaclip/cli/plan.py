@@ -27,7 +27,8 @@ def _count(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a model name (see `evaclip models`) or a JSON config path")
+    parser.add_argument("model", help="a model name (see `evaclip models`), a JSON config path, or a training "
+                                      "recipe (`evaclip train --list`: its model, resolution and global batch)")
     parser.add_argument("--gpus", type=int, required=True, help="number of GPUs (data-parallel ranks)")
     parser.add_argument("--gpu-memory", type=float, required=True, metavar="GiB",
                         help="memory per GPU as sold, in GiB: 40 for an A100-40GB, 80 for an H100")

@@ -19,11 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from evaclip.errors import ConfigError
     from evaclip.train.config import apply_overrides
-    from evaclip.train.recipes import get_recipe, list_recipes
+    from evaclip.train.recipes import get_recipe, recipe_table
 
     if args.list or not args.recipe:
-        for name, doc in list_recipes().items():
-            print(f"{name:28s} {doc}")
+        # Global batch and samples seen at the published run's GPU count (data.batch_size is per GPU).
+        print(f"{'recipe':26s} {'source':32s} {'GPUs':>5s} {'batch':>8s} {'samples':>7s}  description")
+        for row in recipe_table():
+            gpus = str(row["gpus"]) if row["gpus"] else "-"
+            batch = f"{row['global_batch']:,}" if row["global_batch"] else "-"
+            seen = f"{row['samples_seen'] / 1e9:.2f}B" if row["samples_seen"] else "-"
+            print(f"{row['recipe']:26s} {row['source']:32s} {gpus:>5s} {batch:>8s} {seen:>7s}  {row['doc']}")
         if not args.list:
             raise ConfigError("no recipe given; pick one of the recipes above: evaclip train RECIPE [key=value ...]")
         return 0

@@ -21,51 +21,24 @@ def load_model(weights: str | Path, config: str | Path):
     return model.eval(), evaclip.get_tokenizer(str(config))
 
 
-def load_named_folders(root: Path, transform):
-    """An image folder whose ``classnames.txt`` lists the classes in label order and whose folders are named
-    by class: label = the folder name's line in classnames.txt (classes without images stay candidates).
-
-    ``evaclip.eval.datasets.load_classification`` pairs classnames.txt with the *sorted* folders instead, which
-    mislabels the offline sets (their classnames.txt is in manifest order), so the demo reads them here."""
-    from evaclip.errors import DatasetError
-    from evaclip.eval.datasets import IMAGE_EXTENSIONS, ImageListDataset, class_folders, read_lines
-    classnames = read_lines(root / "classnames.txt")
-    index = {c: i for i, c in enumerate(classnames)}
-    items = []
-    for folder in class_folders(root):
-        if folder.name not in index:
-            raise DatasetError(f"{folder} is not a class listed in {root / 'classnames.txt'}")
-        items += [(p, index[folder.name]) for p in sorted(folder.iterdir())
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    if not items:
-        raise DatasetError(f"no images under {root}; rebuild the data with `evaclip data prepare --force`")
-    templates = read_lines(root / "templates.txt") if (root / "templates.txt").is_file() else ["a picture of a {c}."]
-    return ImageListDataset(items, transform), classnames, templates
-
-
 @torch.no_grad()
 def evaluate_model(weights: str | Path, config: str | Path, data_dir: str | Path,
                    batch_size: int = 128) -> dict[str, dict[str, float]]:
-    """``{"zeroshot/<set>": {acc1, mean_per_class_recall, ...}, "retrieval/<set>": {..recall@k..}}``."""
-    from evaclip.eval.datasets import load_retrieval
-    from evaclip.eval.features import image_loader
-    from evaclip.eval.retrieval import evaluate_zeroshot_retrieval
-    from evaclip.eval.zeroshot import evaluate_zeroshot_classification
+    """``{"zeroshot/<set>": {acc1, mean_per_class_recall, ...}, "retrieval/<set>": {..recall@k..}}``, each
+    computed as ``evaclip eval --dataset DATA_DIR/<kind>/<set>`` computes it."""
+    from evaclip.eval.runner import EvalOptions, run_task
     from evaclip.transforms import image_transform
 
     model, tokenizer = load_model(weights, config)
     transform = image_transform(model.visual.image_size, is_train=False)
+    opts = EvalOptions(batch_size=batch_size, workers=0)
     data_dir = Path(data_dir)
     out: dict[str, dict[str, float]] = {}
-    for name in ZEROSHOT_SETS:
-        dataset, classnames, templates = load_named_folders(data_dir / "zeroshot" / name, transform)
-        loader = image_loader(dataset, batch_size=batch_size)
-        metrics = evaluate_zeroshot_classification(model, tokenizer, loader, classnames, templates)
-        out[f"zeroshot/{name}"] = {k: float(v) for k, v in metrics.items()}
-    for name in RETRIEVAL_SETS:
-        data = load_retrieval(data_dir / "retrieval" / name, transform)
-        metrics = evaluate_zeroshot_retrieval(model, tokenizer, data, batch_size=batch_size)
-        out[f"retrieval/{name}"] = {k: float(v) for k, v in metrics.items()}
+    for kind, task, names in (("zeroshot", "zeroshot_classification", ZEROSHOT_SETS),
+                              ("retrieval", "zeroshot_retrieval", RETRIEVAL_SETS)):
+        for name in names:
+            metrics = run_task(model, tokenizer, task, name, data_dir / kind / name, transform, opts)
+            out[f"{kind}/{name}"] = {k: float(v) for k, v in metrics.items()}
     return out
 
 

@@ -92,7 +92,7 @@ def _stage_config(recipe: str, out_dir: Path, steps: int, seed: int, data_dir: P
 def run_stage(name: str, cfg) -> dict[str, Any]:
     """Train one stage unless its outputs exist; returns the trainer's summary (plus ``wall_s`` summed over
     interrupted attempts)."""
-    from evaclip.train.checkpointing import find_latest
+    from evaclip.train.run_state import find_latest
     from evaclip.train.trainer import train
     out = Path(cfg.out_dir)
     if stage_done(out):
@@ -120,21 +120,34 @@ def run_stage(name: str, cfg) -> dict[str, Any]:
     return summary
 
 
+def mim_flops(student_model: str, teacher_model: str) -> int:
+    """Training FLOPs of one image of the MIM stage (:func:`evaclip.models.flops.mim_training_flops`)."""
+    from evaclip.models import get_model_config
+    from evaclip.models.flops import mim_training_flops
+    student, teacher = get_model_config(student_model), get_model_config(teacher_model)
+    return mim_training_flops(student.vision_cfg, teacher.vision_cfg, teacher.embed_dim)
+
+
+def clip_flops(model: str, patch_dropout: float = 0.0):
+    """FLOPs of one image-text pair of a CLIP stage (:func:`evaclip.models.flops.model_flops`)."""
+    from evaclip.models import get_model_config
+    from evaclip.models.flops import model_flops
+    return model_flops(get_model_config(model), patch_dropout)
+
+
 def control_steps(budget: Budget, teacher_model: str, student_model: str) -> int:
     """Steps of the from-scratch control with the trained compute of MIM + student CLIP (same batch).
 
     The frozen text encoder's forward is left out of the match: it is the same fixed feature extractor for
     every model, so counting it would hand the control fewer extra steps (the stricter comparison)."""
-    from evaclip.demo.flops import clip_train_flops, mim_train_flops
-    clip = clip_train_flops(student_model, budget.patch_dropout, frozen_text=False)
-    mim = mim_train_flops(student_model, teacher_model)
+    clip = clip_flops(student_model, budget.patch_dropout).training(include_frozen=False)
+    mim = mim_flops(student_model, teacher_model)
     return int(round(budget.student_steps + budget.mim_steps * mim / clip))
 
 
 def run_seed(seed: int, data_dir: Path, out: Path, budget: Budget, progress: bool = True) -> dict[str, Any]:
     """All four stages of one seed, then the evaluations; returns the seed's record for results.json."""
     from evaclip.demo.evaluate import evaluate_model
-    from evaclip.demo.flops import clip_train_flops, mim_train_flops
     root = out / "runs" / f"seed{seed}"
     dirs = {s: root / s for s in STAGES}
     teacher_model, student_model = "demo-teacher", "demo-student"
@@ -155,16 +168,17 @@ def run_seed(seed: int, data_dir: Path, out: Path, budget: Budget, progress: boo
         model__patch_dropout=budget.patch_dropout))
 
     samples = {s: summaries[s]["samples_seen"] for s in STAGES}
+    teacher_pair, student_pair = clip_flops(teacher_model), clip_flops(student_model, budget.patch_dropout)
+    mim_image = mim_flops(student_model, teacher_model)
     flops = {
-        "teacher": samples["teacher"] * clip_train_flops(teacher_model),
-        "mim": samples["mim"] * mim_train_flops(student_model, teacher_model),
-        "student_clip": samples["student"] * clip_train_flops(student_model, budget.patch_dropout),
-        "control": samples["control"] * clip_train_flops(student_model, budget.patch_dropout),
+        "teacher": samples["teacher"] * teacher_pair.training(),
+        "mim": samples["mim"] * mim_image,
+        "student_clip": samples["student"] * student_pair.training(),
+        "control": samples["control"] * student_pair.training(),
     }
     matched = {  # the trained compute used to size the control (frozen text encoder left out)
-        "student": samples["mim"] * mim_train_flops(student_model, teacher_model)
-        + samples["student"] * clip_train_flops(student_model, budget.patch_dropout, frozen_text=False),
-        "control": samples["control"] * clip_train_flops(student_model, budget.patch_dropout, frozen_text=False),
+        "student": samples["mim"] * mim_image + samples["student"] * student_pair.training(include_frozen=False),
+        "control": samples["control"] * student_pair.training(include_frozen=False),
     }
     record: dict[str, Any] = {"seed": seed, "stages": {}}
     for s in STAGES:
@@ -172,7 +186,7 @@ def run_seed(seed: int, data_dir: Path, out: Path, budget: Budget, progress: boo
                                "wall_s": summaries[s]["wall_s"], "final_loss": summaries[s].get("final_loss")}
     own_flops = {"teacher": flops["teacher"], "student": flops["mim"] + flops["student_clip"],
                  "control": flops["control"]}
-    trained = {"teacher": samples["teacher"] * clip_train_flops(teacher_model, frozen_text=False), **matched}
+    trained = {"teacher": samples["teacher"] * teacher_pair.training(include_frozen=False), **matched}
     for m in MODELS:
         d = dirs[m]
         cached = d / "eval.json"

@@ -13,14 +13,14 @@ from typing import Callable
 
 from evaclip.errors import ConfigError, DatasetError
 from evaclip.eval import benchmarks
-from evaclip.eval.datasets import (Transform, check_same_classes, load_classification, load_retrieval, read_lines,
-                                   resolve_split)
+from evaclip.eval.datasets import (ClassificationData, Transform, check_same_classes, load_classification,
+                                   load_retrieval, read_lines, resolve_split)
 from evaclip.eval.features import image_loader
 from evaclip.eval.linear_probe import BATCH_SIZE, EPOCHS, LR, cached_features, linear_probe, stratified_split
 from evaclip.eval.metrics import mean_recall
 from evaclip.eval.retrieval import evaluate_zeroshot_retrieval
 from evaclip.eval.video import evaluate_video_classification, load_video_folder
-from evaclip.eval.zeroshot import evaluate_zeroshot_classification
+from evaclip.eval.zeroshot import Templates, evaluate_zeroshot_classification
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "video_classification", "linear_probe")
 TRANSFORMS = {"squash": "direct resize to a square (†)", "shortest": "shortest-side resize + centre crop (*)"}
@@ -111,16 +111,38 @@ def _split_source(path: Path, split: str) -> Path:
     return resolve_split(path, split)
 
 
+@dataclass
+class ZeroshotSet:
+    """A zero-shot classification set, listed (not decoded) with the class names and prompts it is scored with."""
+
+    data: ClassificationData
+    classnames: list[str]
+    templates: Templates
+
+
+def load_zeroshot_set(path: Path, transform: Transform, name: str, opts: EvalOptions) -> ZeroshotSet:
+    """The set as ``evaclip eval --task zeroshot_classification`` reads it: its own class names and prompt
+    templates unless ``opts`` names files, else the benchmark's (ImageNet's 80 for an unknown name)."""
+    data = load_classification(path, transform, dataset=name, split=opts.split)
+    classnames, templates = _classnames_templates(name, data.classnames, data.templates, opts)
+    return ZeroshotSet(data, classnames, templates)
+
+
+def evaluate_zeroshot_set(model, tokenizer, zeroshot: ZeroshotSet, opts: EvalOptions) -> dict[str, float]:
+    """Zero-shot metrics of ``model`` on a loaded set: the one path that ``evaclip eval``, the trainer's
+    evaluation hook and the demo share."""
+    loader = image_loader(zeroshot.data.dataset, opts.batch_size, opts.workers)
+    return evaluate_zeroshot_classification(model, tokenizer, loader, zeroshot.classnames, zeroshot.templates,
+                                            device=opts.device, amp=opts.amp)
+
+
 def run_task(model, tokenizer, task: str, name: str, path: Path, transform: Transform,
              opts: EvalOptions, cache_tag: str = "model") -> dict[str, float]:
     """Metrics of one task on one dataset with one image transform (with ``num_skipped_files``, the images
     or videos that could not be decoded and were left out)."""
     kw = dict(device=opts.device, amp=opts.amp)
     if task == "zeroshot_classification":
-        data = load_classification(path, transform, dataset=name, split=opts.split)
-        classnames, templates = _classnames_templates(name, data.classnames, data.templates, opts)
-        loader = image_loader(data.dataset, opts.batch_size, opts.workers)
-        return evaluate_zeroshot_classification(model, tokenizer, loader, classnames, templates, **kw)
+        return evaluate_zeroshot_set(model, tokenizer, load_zeroshot_set(path, transform, name, opts), opts)
     if task == "zeroshot_retrieval":
         data = load_retrieval(path, transform, split=opts.split)
         return evaluate_zeroshot_retrieval(model, tokenizer, data, batch_size=opts.batch_size,

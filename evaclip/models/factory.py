@@ -3,7 +3,6 @@ in the official format are accepted as-is."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 from pathlib import Path
 from typing import Callable, Iterable
@@ -11,12 +10,10 @@ from typing import Callable, Iterable
 import torch
 
 from evaclip.errors import ConfigError, EvaclipError
-from evaclip.models.checkpoint import load_checkpoint
+from evaclip.models.checkpoint import load_pretrained
 from evaclip.models.clip import CLIP
 from evaclip.models.config import CLIPConfig, config_from_dict, load_config_file
 from evaclip.models.hf_port import config_from_hf, is_hf_folder
-
-log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -105,20 +102,8 @@ def create_model(
     check_fits(n_values, device, precision)
 
     model = CLIP(cfg)
-    if pretrained:
-        report = load_checkpoint(model, pretrained, strict=strict, allow_nonfinite=allow_nonfinite)
-        log.info("loaded %s", report)
-    tower_skip = tuple(skip_keys)
-    # Tower initialisation is strict except for what the caller re-initialises (skip_keys) and, for the vision
-    # tower, the CLIP projection head, which a MIM file does not have.
-    if pretrained_image:
-        report = load_checkpoint(model.visual, pretrained_image, strict=True, skip=tower_skip,
-                                 allow_missing=("head.",), allow_nonfinite=allow_nonfinite)
-        log.info("vision tower: %s", report)
-    if pretrained_text:
-        report = load_checkpoint(model.text, pretrained_text, strict=True, skip=tower_skip,
-                                 allow_nonfinite=allow_nonfinite)
-        log.info("text tower: %s", report)
+    load_pretrained(model, pretrained, pretrained_image, pretrained_text, skip_keys=skip_keys, strict=strict,
+                    allow_nonfinite=allow_nonfinite)
     return model.to(device=device, dtype=_PRECISIONS[precision])
 
 
@@ -127,18 +112,8 @@ def pretrained_state_dict(model: CLIP, pretrained=None, pretrained_image=None, p
                           ) -> dict[str, torch.Tensor]:
     """The weights :func:`create_model` would load, fitted to ``model`` (which may be on the meta device), as one
     full state dict keyed like ``model.state_dict()``: for sharded models, which receive it after wrapping."""
-    out: dict[str, torch.Tensor] = {}
-    if pretrained:
-        out.update(load_checkpoint(model, pretrained, strict=strict, allow_nonfinite=allow_nonfinite).tensors)
-    if pretrained_image:
-        report = load_checkpoint(model.visual, pretrained_image, strict=True, skip=tuple(skip_keys),
-                                 allow_missing=("head.",), allow_nonfinite=allow_nonfinite)
-        out.update({f"visual.{k}": v for k, v in report.tensors.items()})
-    if pretrained_text:
-        report = load_checkpoint(model.text, pretrained_text, strict=True, skip=tuple(skip_keys),
-                                 allow_nonfinite=allow_nonfinite)
-        out.update({f"text.{k}": v for k, v in report.tensors.items()})
-    return out
+    return load_pretrained(model, pretrained, pretrained_image, pretrained_text, skip_keys=skip_keys,
+                           strict=strict, allow_nonfinite=allow_nonfinite)
 
 
 # ---------------------------------------------------------------------------------------------- sizes

@@ -38,7 +38,7 @@ from typing import Mapping
 import torch
 
 from evaclip.errors import CheckpointError
-from evaclip.models.config import show_value
+from evaclip.models.config import CLIPConfig, config_from_dict, parse_json, show_value
 
 StateDict = dict[str, torch.Tensor]
 
@@ -158,6 +158,79 @@ def hf_to_training(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]
     return out, dropped
 
 
+_VISION_BLOCK = re.compile(r"visual\.blocks\.(\d+)\.(.+)")
+_TEXT_BLOCK = re.compile(r"text\.transformer\.resblocks\.(\d+)\.(.+)")
+
+
+def _invert(table: Mapping[str, str]) -> dict[str, str]:
+    return {new: old for old, new in table.items()}
+
+
+def training_to_hf(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """An evaclip (training-layout) state dict in the port's layout: the inverse of :func:`hf_to_training`.
+
+    Fused q/k/v tensors are split (an absent k bias stays absent, as the port's k projection has none); the
+    vision head's bias is written only when it is not zero, since the port's projection has none and the
+    reader gives a q/v-bias model a zero one. ``logit_scale`` is kept under its own name: the port's forward
+    ignores it (it multiplies by 100), and the reader takes it back. A tensor the port has no place for (RoPE,
+    SwiGLU, sub-LN, layer scale) is an error.
+    """
+    out: StateDict = {}
+    vision_layer, text_layer = _invert(_VISION_LAYER_RENAMES), _invert(_TEXT_LAYER_RENAMES)
+    vision_top = _invert(_VISION_RENAMES)
+    for key, value in sd.items():
+        block = _VISION_BLOCK.fullmatch(key)
+        text_block = _TEXT_BLOCK.fullmatch(key)
+        if block:
+            pre, tail = f"vision_model.encoder.layers.{block.group(1)}.", block.group(2)
+            if tail == "attn.qkv.weight":
+                for p, part in zip("qkv", value.chunk(3)):
+                    out[pre + f"self_attn.{p}_proj.weight"] = part
+                continue
+            if tail in ("attn.q_bias", "attn.v_bias"):
+                out[pre + f"self_attn.{tail[5]}_proj.bias"] = value
+                continue
+            new = _rename(tail, vision_layer)
+        elif text_block:
+            pre, tail = f"text_model.encoder.layers.{text_block.group(1)}.", text_block.group(2)
+            proj = re.fullmatch(r"attn\.in_proj_(weight|bias)", tail)
+            if proj:
+                for p, part in zip("qkv", value.chunk(3)):
+                    out[pre + f"self_attn.{p}_proj.{proj.group(1)}"] = part
+                continue
+            new = _rename(tail, text_layer)
+        else:
+            pre, new = "", None
+            if key == "visual.cls_token":
+                new, value = "vision_model.embeddings.class_embedding", value.reshape(-1)
+            elif key == "visual.pos_embed":
+                new, value = "vision_model.embeddings.position_embedding.weight", value.reshape(value.shape[-2:])
+            elif key == "visual.head.weight":
+                new = "visual_projection.weight"
+            elif key == "visual.head.bias":
+                if not bool((value == 0).all()):
+                    out["visual_projection.bias"] = value
+                continue
+            elif key.startswith("visual."):
+                renamed = _rename(key[len("visual."):], vision_top)
+                new = None if renamed is None else "vision_model." + renamed
+            elif key == "text.token_embedding.weight":
+                new = "text_model.embeddings.token_embedding.weight"
+            elif key == "text.positional_embedding":
+                new = "text_model.embeddings.position_embedding.weight"
+            elif key.startswith("text.ln_final."):
+                new = "text_model.final_layer_norm." + key[len("text.ln_final."):]
+            elif key == "text.text_projection":
+                new, value = "text_projection.weight", value.t().contiguous()
+            elif key == "logit_scale":
+                new, value = "logit_scale", value.reshape(())
+        if new is None:
+            raise CheckpointError(f"the Hugging Face port has no tensor for {key!r} (its blocks have no RoPE, "
+                                  "SwiGLU, sub-LN or layer scale); export this model as official or open_clip")
+        out[pre + new] = value
+    return out
+
+
 # What the adapter maps: the port's plain blocks. Config flags of other variants (as some forks of the port
 # add them) would load into the wrong computation if the shapes happened to fit, so they are refused.
 _EXACT_GELU = ("gelu",)
@@ -166,7 +239,6 @@ _VARIANT_FLAGS = ("rope", "swiglu", "sub_ln", "subln")
 
 def read_config(folder: Path) -> dict | None:
     """A model folder's ``config.json`` as a dict (None if the folder has none); anything else is refused."""
-    from evaclip.models.config import parse_json
     config_path = folder / "config.json"
     if not config_path.is_file():
         return None
@@ -252,7 +324,17 @@ def _heads(sub: dict, width: int, where: str) -> int:
 
 
 def config_from_hf(folder: Path) -> dict:
-    """The evaclip (official-format) model config of a Hugging Face port folder, from its ``config.json``.
+    """The evaclip (official-format) model config of a Hugging Face port folder, from its ``config.json``
+    (see :func:`config_from_hf_dict`)."""
+    check_config(folder)
+    config = read_config(folder)
+    if config is None:
+        raise CheckpointError(f"{folder} has no config.json; build the model from its evaclip name instead")
+    return config_from_hf_dict(config, folder / "config.json")
+
+
+def config_from_hf_dict(config: dict, where: Path | str = "config.json") -> dict:
+    """The evaclip (official-format) model config of the port's ``config.json`` contents.
 
     Reads only the fields the port's modeling code reads (``hidden_size``, ``num_hidden_layers``,
     ``num_attention_heads``, ``intermediate_size``, ``image_size``, ``patch_size``, ``use_rms_norm``,
@@ -260,13 +342,9 @@ def config_from_hf(folder: Path) -> dict:
     each checked for its type (sizes are positive integers, flags real booleans), and refuses what evaclip
     would build differently.
     """
-    check_config(folder)
-    config = read_config(folder)
-    if config is None:
-        raise CheckpointError(f"{folder} has no config.json; build the model from its evaclip name instead")
     v, t = config.get("vision_config"), config.get("text_config")
     if not isinstance(v, dict) or not isinstance(t, dict):
-        raise CheckpointError(f"{folder / 'config.json'} has no vision_config/text_config: not an EVA-CLIP HF port")
+        raise CheckpointError(f"{where} has no vision_config/text_config: not an EVA-CLIP HF port")
     width = _size(v, "hidden_size", "vision_config")
     heads = _heads(v, width, "vision_config")
     q_bias, v_bias = _flag(v, "q_bias", "vision_config"), _flag(v, "v_bias", "vision_config")
@@ -294,6 +372,50 @@ def config_from_hf(folder: Path) -> dict:
             "mlp_ratio": _ratio(_size(t, "intermediate_size", "text_config", 4 * t_width), t_width),
         },
     }
+
+
+# Fields that decide the weights' shapes or the computation; two configs equal on these are the same model.
+_VISION_ARCH = ("image_size", "patch_size", "width", "layers", "head_width", "mlp_hidden", "qkv_bias", "postnorm",
+                "norm_type", "rope", "naiveswiglu", "subln", "ls_init_value", "global_average_pool")
+_TEXT_ARCH = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "attn_mask",
+              "is_hf")
+
+
+def config_to_hf(cfg: CLIPConfig) -> dict:
+    """The port's ``config.json`` for an evaclip model config: the inverse of :func:`config_from_hf_dict`.
+
+    The port has plain GELU blocks without RoPE, SwiGLU or sub-LN, a cls-token pool and a fixed temperature;
+    a model it cannot express is refused (one line naming the first field that differs) rather than written
+    as a folder that would load into another computation.
+    """
+    v, t = cfg.vision_cfg, cfg.text_cfg
+    out = {
+        "architectures": ["EvaCLIPModel"], "model_type": "evaclip", "projection_dim": cfg.embed_dim,
+        "vision_config": {
+            "hidden_size": v.width, "num_hidden_layers": v.layers, "num_attention_heads": v.heads,
+            "intermediate_size": v.mlp_hidden, "image_size": v.image_size, "patch_size": v.patch_size,
+            "use_rms_norm": v.norm_type == "rmsnorm", "post_layernorm": v.postnorm, "q_bias": v.qkv_bias,
+            "k_bias": False, "v_bias": v.qkv_bias, "layer_norm_eps": 1e-6, "hidden_act": "gelu",
+        },
+        "text_config": {
+            "hidden_size": t.width, "num_hidden_layers": t.layers, "num_attention_heads": t.heads,
+            "intermediate_size": int(t.width * t.mlp_ratio), "vocab_size": t.vocab_size,
+            "max_position_embeddings": t.context_length, "layer_norm_eps": 1e-5, "hidden_act": "gelu",
+        },
+    }
+    back = config_from_dict(config_from_hf_dict(out), where="the exported config.json")
+    for tower, fields, a, b in (("vision_cfg", _VISION_ARCH, v, back.vision_cfg),
+                                ("text_cfg", _TEXT_ARCH, t, back.text_cfg)):
+        for name in fields:
+            if getattr(a, name) != getattr(b, name):
+                raise CheckpointError(
+                    f"the Hugging Face port cannot express this model: its {tower}.{name} is "
+                    f"{show_value(getattr(a, name))}, the port's blocks give {show_value(getattr(b, name))}; "
+                    "export it as official or open_clip instead")
+    if cfg.quick_gelu or cfg.init_logit_bias is not None:
+        raise CheckpointError("the Hugging Face port cannot express this model (QuickGELU or a logit bias); export "
+                              "it as official or open_clip instead")
+    return out
 
 
 def is_hf_folder(path: Path) -> bool:

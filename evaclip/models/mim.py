@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evaclip.errors import CheckpointError, ConfigError
-from evaclip.models.checkpoint import load_checkpoint, read_state_dict, save_file
+from evaclip.errors import ConfigError
+from evaclip.models.checkpoint import load_checkpoint, save_file
 from evaclip.models.config import VisionConfig
 from evaclip.models.layers import trunc_normal_
 from evaclip.models.vision import EVAVisionTransformer
@@ -113,18 +113,9 @@ class MIMStudent(EVAVisionTransformer):
         save_file(self.state_dict_official(), path, metadata={"format": "pt", "evaclip_layout": "mim"})
 
     def load(self, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> None:
-        """Load an official-layout MIM file (e.g. one written by :meth:`save`) strictly, to resume or evaluate."""
-        sd, _ = read_state_dict(path, allow_nonfinite=allow_nonfinite)
-        sd = {k: v for k, v in sd.items() if "freqs_cos" not in k and "freqs_sin" not in k}  # RoPE is rebuilt
-        own = self.state_dict()
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        shapes = [k for k in own if k in sd and sd[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            raise CheckpointError(f"{path} does not match this MIM student: missing {missing[:5]}, unexpected "
-                                  f"{unexpected[:5]}, mis-shaped {shapes[:5]}; check the vision config and "
-                                  "teacher_dim")
-        self.load_state_dict(sd)
+        """Load an official-layout MIM file (e.g. one written by :meth:`save`) strictly, to resume or evaluate:
+        every key must match this student, with no interpolation (a grid change means another model)."""
+        load_checkpoint(self, path, strict=True, allow_nonfinite=allow_nonfinite, interpolate=False)
 
 
 class MIMTeacher(nn.Module):

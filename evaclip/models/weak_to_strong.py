@@ -5,31 +5,27 @@ student (its ``mask_token`` and ``lm_head`` are dropped, the CLIP ``head`` start
 the teacher CLIP, except its projection to the joint space, which is re-initialised like ``logit_scale``
 (the embedding size may change, and the new vision head must be matched from scratch anyway).
 
-This is the same as the recipe form::
+:func:`init_student_clip` is the recipe form, spelled out::
 
     evaclip.create_model(cfg, pretrained_image=mim_file, pretrained_text=teacher_file,
                          skip_keys=WEAK_TO_STRONG_SKIP)
 
-but every tensor that is not re-initialised on purpose must be found in the files: a missing block raises
+Every tensor that is not re-initialised on purpose must be found in the files: a missing block raises
 :class:`~evaclip.errors.CheckpointError` instead of silently staying random.
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
-from evaclip.models.checkpoint import LoadReport, load_checkpoint
+from evaclip.models.checkpoint import TEXT_REINIT, VISION_REINIT, WEAK_TO_STRONG_SKIP
 from evaclip.models.clip import CLIP
 from evaclip.models.config import CLIPConfig
+from evaclip.models.factory import create_model
 
-log = logging.getLogger(__name__)
-
-# Tower-relative key prefixes left freshly initialised: the CLIP vision head (absent from MIM files; skipped
-# if a file has one, as the official skip list does), the CLIP text projection and the HF tower's projection.
-VISION_REINIT = ("head.",)
-TEXT_REINIT = ("text_projection", "proj.")
-WEAK_TO_STRONG_SKIP = VISION_REINIT + TEXT_REINIT
+# The skip list has one home, beside the fitting that applies it (evaclip.models.checkpoint.fit); it is
+# re-exported here, where recipes look for it.
+__all__ = ["TEXT_REINIT", "VISION_REINIT", "WEAK_TO_STRONG_SKIP", "init_student_clip"]
 
 
 def init_student_clip(student_cfg_or_name: str | Path | dict | CLIPConfig, mim_checkpoint: str | os.PathLike,
@@ -40,16 +36,5 @@ def init_student_clip(student_cfg_or_name: str | Path | dict | CLIPConfig, mim_c
     Re-initialised: ``visual.head.*``, the text projection (``text.text_projection`` or ``text.proj.*``) and
     ``logit_scale``. Everything else is loaded strictly (shapes must match the student config).
     """
-    from evaclip.models.factory import create_model
-    model = create_model(student_cfg_or_name, device=device, precision=precision)
-    vision = load_checkpoint(model.visual, mim_checkpoint, strict=True, skip=VISION_REINIT,
-                             allow_missing=VISION_REINIT)
-    text = load_checkpoint(model.text, teacher_clip_checkpoint, strict=True, skip=TEXT_REINIT,
-                           allow_missing=TEXT_REINIT)
-    _log(vision, "vision <- MIM student")
-    _log(text, "text <- teacher CLIP")
-    return model
-
-
-def _log(report: LoadReport, what: str) -> None:
-    log.info("%s: %s", what, report)
+    return create_model(student_cfg_or_name, pretrained_image=mim_checkpoint, pretrained_text=teacher_clip_checkpoint,
+                        skip_keys=WEAK_TO_STRONG_SKIP, device=device, precision=precision)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from evaclip.errors import ConfigError
 from evaclip.models.config import CLIPConfig, TextConfig, VisionConfig
-from evaclip.plan.flops import vision_tokens
+from evaclip.models.flops import vision_tokens
 from evaclip.plan.params import ModelParams
 
 SCHEMES: dict[str, str] = {"ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "fsdp": "FSDP full shard"}

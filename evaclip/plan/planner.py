@@ -11,15 +11,19 @@ recomputation lowers the MFU reached, not the work counted), at ``gpus x peak x 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
 from evaclip.errors import ConfigError
 from evaclip.models.config import CLIPConfig
-from evaclip.plan.flops import Flops, model_flops
+from evaclip.models.factory import get_model_config
+from evaclip.models.flops import Flops, model_flops
 from evaclip.plan.memory import (COMPUTE_BYTES, GRAD_BYTES, MASTER_BYTES, OPTIMIZER_BYTES, SCHEMES, Activations,
                                  StateBytes, loss_bytes, model_activations, state_bytes)
 from evaclip.plan.params import model_params
+# plan sits above train: it plans a recipe's run (train never imports plan)
+from evaclip.train.recipes import find_recipe
 
 GIB = 2**30
 GB = 1e9
@@ -110,6 +114,7 @@ class Plan:
     matrix: list[SchemeFit] = field(default_factory=list)  # every scheme x checkpointing x patch dropout
     step_seconds: float | None = None
     days: float | None = None
+    recipe_model: str = ""  # for a recipe: the model it trains and at what resolution
 
     def scheme(self, name: str, checkpointing: bool | None = None, patch_dropout: float | None = None) -> SchemeFit:
         """The fit of ``name`` at the requested settings, or at the given ones (from the matrix)."""
@@ -161,17 +166,36 @@ def _fit(req: PlanRequest, cfg: CLIPConfig, scheme: str, checkpointing: bool, pa
     return SchemeFit(scheme, checkpointing, patch_dropout, state, act, best, total, fits)
 
 
+def _resolve(req: PlanRequest) -> tuple[PlanRequest, CLIPConfig, str]:
+    """The model of ``req.model``: a model name or JSON config, or a training recipe (``evaclip train --list``).
+    A recipe gives its model at its resolution and, where the request leaves them out, its global batch and
+    (with --peak-tflops and --mfu) its samples seen, both at the published run's GPU count."""
+    info = find_recipe(req.model)
+    if info is None:
+        return req, get_model_config(req.model), ""
+    recipe = info.build()
+    cfg = get_model_config(recipe.model.name)
+    recipe.model.fit_vision(cfg.vision_cfg)
+    batch = req.global_batch
+    if batch is None and info.gpus:
+        batch = recipe.data.batch_size * info.gpus
+    samples = req.samples
+    if samples is None and batch is not None and req.peak_tflops is not None and info.gpus:
+        samples = float(recipe.steps * batch)
+    req = dataclasses.replace(req, global_batch=batch, samples=samples)
+    return req, cfg, f"{recipe.model.name} at {cfg.vision_cfg.image_size} px"
+
+
 def make_plan(req: PlanRequest) -> Plan:
     """Plan training ``req.model`` on ``req.gpus`` GPUs (config only: nothing is built or allocated)."""
-    from evaclip.models.factory import get_model_config
     req.validate()
-    cfg = get_model_config(req.model)
+    req, cfg, recipe_model = _resolve(req)
     params = model_params(cfg)
     opt = OPTIMIZER_BYTES[req.optimizer]
     plan = Plan(request=req, params=params.total, vision_params=params.vision.total,
                 text_params=params.text.total, flops=model_flops(cfg, req.patch_dropout),
                 flops_full=model_flops(cfg, 0.0),
-                model_state_total=(MASTER_BYTES + GRAD_BYTES + opt) * params.total)
+                model_state_total=(MASTER_BYTES + GRAD_BYTES + opt) * params.total, recipe_model=recipe_model)
     plan.schemes = [_fit(req, cfg, s, req.grad_checkpointing, req.patch_dropout) for s in SCHEMES]
     dropouts = sorted({0.0, req.patch_dropout})
     plan.matrix = [_fit(req, cfg, s, ck, pd) for s in SCHEMES for ck in (False, True) for pd in dropouts]
@@ -205,7 +229,8 @@ def format_plan(plan: Plan) -> str:
     """A readable per-GPU report (GB = 1e9 bytes, as the paper counts; GPU memory in GiB as sold)."""
     r, ln = plan.request, []
     opt = OPTIMIZER_BYTES[r.optimizer]
-    ln.append(f"{r.model}: {_count(plan.params)} params (vision {_count(plan.vision_params)}, text "
+    name = f"{r.model} ({plan.recipe_model})" if plan.recipe_model else r.model
+    ln.append(f"{name}: {_count(plan.params)} params (vision {_count(plan.vision_params)}, text "
               f"{_count(plan.text_params)}) on {r.gpus} GPU{'s' if r.gpus > 1 else ''} x {r.gpu_memory_gib:g} GiB "
               f"({r.gpu_memory_gib * GIB / GB:.1f} GB; {r.usable_bytes / GB:.1f} GB usable after a "
               f"{r.reserve_gb:g} GB reserve)")

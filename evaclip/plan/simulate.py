@@ -42,7 +42,7 @@ def simulate_fsdp(model: str, world_size: int, rank: int = 0) -> SimulatedShards
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     from evaclip.models.factory import create_model
-    from evaclip.train.parallel import FSDPConfig, apply_fsdp
+    from evaclip.models.parallel import FSDPConfig, apply_fsdp
 
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"need world_size >= 1 and 0 <= rank < world_size, got {world_size} and {rank}")

@@ -48,6 +48,20 @@ class ModelSection:
     # FSDP with several processes: build on the meta device, shard, then materialise only the local shards
     # and receive the pretrained weights from rank 0. Needed for 8B/18B: no process ever holds the full model.
     meta_init: bool = True
+    # Train at another input size than the config's: the "+" stages continue a 224 px checkpoint at 448 / 336
+    # px. Loading interpolates the checkpoint's position embedding (bicubic, cls entry kept, as the official
+    # resize_evaclip_pos_embed); a RoPE tower gets intp_freq, so its rotary tables are rebuilt for the new grid
+    # on the positions of the grid it was trained on, as the official EVA02-CLIP-L-14-336 config does.
+    image_size: int | None = None
+
+    def fit_vision(self, vision_cfg: Any) -> None:
+        """Apply ``image_size`` to a model's vision config (in place)."""
+        if self.image_size is None or self.image_size == vision_cfg.image_size:
+            return
+        if vision_cfg.rope and not vision_cfg.intp_freq:
+            vision_cfg.pt_hw_seq_len = vision_cfg.grid_size
+            vision_cfg.intp_freq = True
+        vision_cfg.image_size = self.image_size
 
 
 @dataclass
@@ -56,7 +70,10 @@ class MIMSection:
 
     teacher: str | None = None  # EVA-CLIP checkpoint of the teacher (its vision tower is used)
     teacher_model: str | None = None  # the teacher's config name or JSON path
-    mask_ratio: float = 0.4
+    # None: EVA-02's 105 of 256 patches (--num_mask_patches 105 on its 16x16 grid), kept at that share on other
+    # grids, round(105/256 * g^2): 26 of 64, 7 of 16 (BlockMaskGenerator's default). A number masks that share.
+    mask_ratio: float | None = None
+    hflip: float = 0.5  # probability of EVA-02's horizontal flip before the crop
     include_cls: bool = False  # also regress the teacher's pooled CLIP embedding with the student's cls token
 
 
@@ -144,11 +161,15 @@ class TrainConfig:
                               f"({self.steps}); e.g. schedule.warmup_steps={max(0, self.steps // 10)}")
         if self.loss.kind not in ("clip", "siglip"):
             raise ConfigError(f"loss.kind must be clip or siglip, got {self.loss.kind!r}")
+        if self.model.image_size is not None and self.model.image_size < 1:
+            raise ConfigError(f"model.image_size must be >= 1 pixels per side (e.g. 448), got {self.model.image_size}")
         if self.model.fixed_temperature is not None and not self.model.fixed_temperature > 0:
             raise ConfigError(f"model.fixed_temperature must be > 0, got {self.model.fixed_temperature}")
         if self.task == "mim" and not (self.mim.teacher and self.mim.teacher_model):
             raise ConfigError("task=mim needs mim.teacher (a CLIP checkpoint) and mim.teacher_model (its config)")
-        if not 0.0 < self.mim.mask_ratio < 1.0:
+        if not 0.0 <= self.mim.hflip <= 1.0:
+            raise ConfigError(f"mim.hflip is a probability in [0, 1], got {self.mim.hflip}")
+        if self.mim.mask_ratio is not None and not 0.0 < self.mim.mask_ratio < 1.0:
             raise ConfigError(f"mim.mask_ratio must lie in (0, 1), got {self.mim.mask_ratio}")
         if self.eval.every < 0 or self.eval.batch_size < 1:
             raise ConfigError(f"eval.every must be >= 0 and eval.batch_size >= 1, got {self.eval.every} and "

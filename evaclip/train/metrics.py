@@ -30,8 +30,11 @@ def matmul_ceiling(device: torch.device = torch.device("cpu"), dtype: torch.dtyp
     A model step can only approach it, since norms, softmax, activations and the optimizer run at memory
     speed. The CPU-time rate does not depend on other load on a shared machine; the wall rate does.
     """
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # A generator of its own: measuring must not move the run's random stream (patch dropout, MIM masks), so a
+    # run draws the same whether or not its FLOPs are known and the ceiling measured.
+    generator = torch.Generator(device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     wall_rates, cpu_rates = [], []
     for _ in range(repeats):
         for _ in range(2):

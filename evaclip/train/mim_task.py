@@ -25,6 +25,28 @@ class _NoTokens:
         return torch.zeros(len(texts) if isinstance(texts, list) else 1, 1, dtype=torch.long)
 
 
+class FlipThenCrop:
+    """EVA-02's MIM augmentation: ``RandomHorizontalFlip(p)`` then the crop shared by student and teacher.
+
+    The teacher sees the student's (resized) crop, so one flip before the crop flips both views, as EVA-02's
+    flip before its two-resolution crop does. The draw is torchvision's, ``torch.rand(1) < p`` on torch's
+    global RNG, which the data workers seed apart from one another. ``mim.hflip`` sets p.
+    """
+
+    def __init__(self, crop, p: float = 0.5):
+        self.crop, self.p = crop, p
+
+    def __call__(self, img):
+        from PIL import Image
+        # p = 0 draws nothing, so the crops stay those of a run without the flip (the demo's)
+        if self.p > 0 and torch.rand(1).item() < self.p:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return self.crop(img)
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p}), {self.crop!r}"
+
+
 class MIMTask:
     name = "mim"
 
@@ -36,12 +58,16 @@ class MIMTask:
         self.cfg = cfg
         self.model_cfg = get_model_config(cfg.model.name)
         self.vision_cfg = self.model_cfg.vision_cfg
+        cfg.model.fit_vision(self.vision_cfg)
         if cfg.model.patch_dropout is not None:
             self.vision_cfg.patch_dropout = cfg.model.patch_dropout
         grid = self.vision_cfg.grid_size
         self.teacher = MIMTeacher.from_checkpoint(cfg.mim.teacher_model, cfg.mim.teacher, student_grid=grid,
                                                   include_cls=cfg.mim.include_cls)
-        self.masker = BlockMaskGenerator(grid, num_masking_patches=max(1, round(cfg.mim.mask_ratio * grid * grid)))
+        ratio = cfg.mim.mask_ratio
+        # None leaves the count to BlockMaskGenerator: EVA-02's 105 of 256, same share on other grids.
+        count = None if ratio is None else max(1, round(ratio * grid * grid))
+        self.masker = BlockMaskGenerator(grid, num_masking_patches=count)
 
     @property
     def image_size(self) -> int:
@@ -49,8 +75,8 @@ class MIMTask:
 
     def train_transform(self):
         from evaclip.transforms import image_transform
-        # EVA-02's MIM crop: RandomResizedCrop with scale (0.2, 1).
-        return image_transform(self.image_size, is_train=True, scale=(0.2, 1.0))
+        # EVA-02's MIM crop: RandomResizedCrop with scale (0.2, 1), after a horizontal flip.
+        return FlipThenCrop(image_transform(self.image_size, is_train=True, scale=(0.2, 1.0)), self.cfg.mim.hflip)
 
     def build(self, device: torch.device) -> nn.Module:
         from evaclip.models.mim import MIMStudent
@@ -90,7 +116,5 @@ class MIMTask:
 
     def flops_per_sample(self) -> float | None:
         """Student training (3x forward) plus the frozen teacher's forward, per image."""
-        from evaclip.plan.flops import vision_forward_flops
-        student = vision_forward_flops(self.vision_cfg, self.teacher.output_dim)
-        teacher = vision_forward_flops(self.teacher.visual.cfg, self.teacher.output_dim)
-        return float(3 * student + teacher)
+        from evaclip.models.flops import mim_training_flops
+        return float(mim_training_flops(self.vision_cfg, self.teacher.visual.cfg, self.teacher.output_dim))

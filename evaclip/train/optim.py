@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from evaclip.errors import ConfigError
 
 OPTIMIZERS = ("lamb", "adamw")
+TRUST_RATIOS = ("tensor", "zero3")
 TOWERS = ("visual", "text")
 MAX_RATE = 1e30  # bound on lr, weight decay and eps
 
@@ -47,6 +50,12 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-6
     grad_clip: float | None = 5.0
+    # LAMB's trust ratio: "tensor" (the LAMB paper's rule: one ratio per tensor) or "zero3", the rule the
+    # official runs applied (DeepSpeed FusedLamb over ZeRO-3 flat partitions: one ratio per data-parallel rank
+    # r of trust_partitions = W, over the r-th 1/W slice of every tensor of a parameter group). W is the
+    # official run's rank count (384 for EVA-CLIP-8B, 360 for 18B), not this run's. docs/lamb_under_sharding.md.
+    trust_ratio: str = "tensor"
+    trust_partitions: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -64,6 +73,15 @@ class OptimConfig:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON/CLI overrides give lists
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.trust_ratio not in TRUST_RATIOS:
+            raise ConfigError(f"optim.trust_ratio must be one of {', '.join(TRUST_RATIOS)}, got {self.trust_ratio!r}")
+        if isinstance(self.trust_partitions, bool) or not isinstance(self.trust_partitions, int) \
+                or self.trust_partitions < 1:
+            raise ConfigError(f"optim.trust_partitions must be an integer >= 1 (the official run's data-parallel "
+                              f"ranks, e.g. 360), got {self.trust_partitions!r}")
+        if self.trust_ratio != "tensor" and self.name != "lamb":
+            raise ConfigError(f"optim.trust_ratio={self.trust_ratio} is a LAMB rule; {self.name} has no trust ratio "
+                              "(use optim.name=lamb or leave optim.trust_ratio=tensor)")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"optim.grad_clip must be > 0 (or None to disable), got {self.grad_clip}")
 
@@ -151,6 +169,13 @@ class Lamb(torch.optim.Optimizer):
 
     As in DeepSpeed, the trust ratio is applied to every tensor (also those without weight decay) and is
     computed from the uncorrected moments. No gradient clipping happens here: clip before ``step``.
+
+    ``trust_ratio="zero3"`` computes it as FusedLamb did under ZeRO-3 in the official runs: for each group and
+    each r < W = ``trust_partitions``, one ratio from the r-th slice (elements ``[r*c, (r+1)*c)``, ``c =
+    ceil(n / W)``) of every flattened tensor of the group, applied to those slices. With W = 1 it is one ratio
+    per group; for a group of one tensor that is the per-tensor rule. W is independent of this run's ranks:
+    under FSDP2 each rank sums the slices' parts in its own rows and one all-reduce of 2 x W numbers per group
+    completes them.
     """
 
     def __init__(
@@ -163,9 +188,16 @@ class Lamb(torch.optim.Optimizer):
         bias_correction: bool = True,
         min_trust: float = 0.01,
         max_trust: float = 10.0,
+        trust_ratio: str = "tensor",
+        trust_partitions: int = 1,
     ) -> None:
         if not 0.0 < min_trust <= max_trust:
             raise ConfigError(f"Lamb needs 0 < min_trust <= max_trust, got {min_trust} and {max_trust}")
+        if trust_ratio not in TRUST_RATIOS or trust_partitions < 1:
+            raise ConfigError(f"Lamb needs trust_ratio in {TRUST_RATIOS} and trust_partitions >= 1, got "
+                              f"{trust_ratio!r} and {trust_partitions}")
+        # Kept on the optimizer, not in the groups: a resumed run follows its config, not the checkpoint's.
+        self.trust_ratio, self.trust_partitions = trust_ratio, int(trust_partitions)
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
             min_trust=min_trust, max_trust=max_trust,
@@ -208,9 +240,12 @@ class Lamb(torch.optim.Optimizer):
             if group["weight_decay"] != 0:
                 torch._foreach_add_(updates, params, alpha=group["weight_decay"])
 
-            w_norms = torch._foreach_norm(params)
-            u_norms = torch._foreach_norm(updates)
-            torch._foreach_mul_(updates, self._trust_ratios(w_norms, u_norms, group["min_trust"], group["max_trust"]))
+            lo, hi = group["min_trust"], group["max_trust"]
+            if self.trust_ratio == "zero3":
+                _scale_by_partition(params, updates, self.trust_partitions, lo, hi)
+            else:
+                ratios = self._trust_ratios(torch._foreach_norm(params), torch._foreach_norm(updates), lo, hi)
+                torch._foreach_mul_(updates, ratios)
 
             # Parameters in one group may sit at different steps (e.g. added later); group them by step.
             by_step: dict[float, list[int]] = {}
@@ -222,7 +257,6 @@ class Lamb(torch.optim.Optimizer):
                     step_size *= math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
                 torch._foreach_add_([params[i] for i in idx], [updates[i] for i in idx], alpha=-step_size)
         return loss
-
 
     @staticmethod
     def _trust_ratios(w_norms: list, u_norms: list, lo: float, hi: float) -> list[torch.Tensor]:
@@ -237,11 +271,76 @@ class Lamb(torch.optim.Optimizer):
         return [ratio(w, u) for w, u in zip(w_norms, u_norms)]
 
 
+def _local(x: torch.Tensor) -> tuple[torch.Tensor, int, Any]:
+    """The part of ``x`` held here (a view), its offset in the flattened full tensor, and the process group
+    that holds the rest (None for a plain tensor). FSDP2 shards dim 0, so a rank's rows are one flat range."""
+    if not _is_dtensor(x):
+        return x, 0, None
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    if x.device_mesh.ndim != 1 or tuple(x.placements) != (Shard(0),):
+        raise ConfigError(f"optim.trust_ratio=zero3 needs parameters sharded on dim 0 over one mesh dimension "
+                          f"(FSDP2 full shard), got {x.placements}; use optim.trust_ratio=tensor")
+    local = x.to_local()
+    _, offset = compute_local_shape_and_global_offset(x.shape, x.device_mesh, x.placements)
+    row = x.numel() // x.shape[0] if x.shape[0] else 0
+    return local, offset[0] * row, x.device_mesh.get_group()
+
+
+def _slices_here(start: int, count: int, c: int) -> tuple[int, int, int]:
+    """The slices (of ``c`` elements) that flat elements ``[start, start + count)`` fall in: the first, how many,
+    and where ``start`` sits in the first."""
+    first = start // c
+    front = start - first * c
+    return first, -(-(front + count) // c), front
+
+
+def _scale_by_partition(params: list, updates: list, partitions: int, lo: float, hi: float) -> None:
+    """ZeRO-3's trust ratio, in place on ``updates``: one ratio per slice index r < W, from the r-th slice
+    (``c = ceil(n / W)`` elements; ZeRO-3 pads with zeros, which add nothing to a norm) of every tensor of
+    the group, applied to those slices. Sharded tensors add their partial sums over the shard group."""
+    W = partitions
+    sums = None
+    pieces = []
+    group = None
+    for p, u in zip(params, updates):
+        (w_here, start, group), (u_here, _, _) = _local(p.detach()), _local(u)
+        c = -(-p.numel() // W)
+        if sums is None:  # bf16/fp16 tensors are summed in fp32
+            sums = torch.zeros(2, W, dtype=torch.promote_types(p.dtype, torch.float32), device=w_here.device)
+        pieces.append((u_here, start, c))
+        if not w_here.numel():
+            continue
+        first, rows, front = _slices_here(start, w_here.numel(), c)
+        for k, here in enumerate((w_here, u_here)):
+            flat = here.reshape(-1).to(sums.dtype)  # row-major: the order of the flattened full tensor
+            padded = F.pad(flat.square(), (front, rows * c - front - flat.numel()))
+            sums[k, first:first + rows] += padded.view(rows, c).sum(1)
+    if group is not None:
+        torch.distributed.all_reduce(sums, group=group)
+    w, u = sums.sqrt()
+    ratio = torch.where((w > 0) & (u > 0), (w / u).clamp(lo, hi), torch.ones_like(w))
+    for u_here, start, c in pieces:
+        if u_here.numel():
+            first, rows, front = _slices_here(start, u_here.numel(), c)
+            per_element = ratio[first:first + rows].repeat_interleave(c)[front:front + u_here.numel()]
+            u_here.mul_(per_element.view(u_here.shape).to(u_here.dtype))
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed: no DTensor can exist
+        return False
+    return isinstance(t, DTensor)
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """The optimizer ``cfg`` names, over :func:`param_groups` of ``model``."""
     groups = param_groups(model, cfg)
     if cfg.name == "lamb":
-        return Lamb(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return Lamb(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                    trust_ratio=cfg.trust_ratio, trust_partitions=cfg.trust_partitions)
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
     # The fused kernel is the fastest on CUDA; foreach elsewhere (CPU, meta, mixed placement).
     return torch.optim.AdamW(

@@ -25,6 +25,7 @@ class ClipTask:
         self.cfg = cfg
         from evaclip.models import get_model_config
         self.model_cfg = get_model_config(cfg.model.name)
+        cfg.model.fit_vision(self.model_cfg.vision_cfg)
         if cfg.model.patch_dropout is not None:
             self.model_cfg.vision_cfg.patch_dropout = cfg.model.patch_dropout
         if cfg.model.fixed_temperature is not None:
@@ -107,9 +108,7 @@ class ClipTask:
 
     def flops_per_sample(self) -> float | None:
         """Model FLOPs of one training pair (3x forward; recomputation is not counted, as MFU convention has it)."""
-        if self.model_cfg.text_cfg.is_hf:
-            return None  # the planner does not count Hugging Face encoders
-        from evaclip.plan.flops import model_flops
+        from evaclip.models.flops import model_flops
         return float(model_flops(self.model_cfg, self.model_cfg.vision_cfg.patch_dropout).training())
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from evaclip.data.decode import SKIP_REASONS
 from evaclip.errors import EvaclipError, TrainingError
 from evaclip.outputs import atomic_write_text, check_output
-from evaclip.train import checkpointing, faults
+from evaclip.train import faults, run_state as checkpointing
 from evaclip.train.config import TrainConfig, compute_dtype
 from evaclip.train.distributed import DistInfo, init_distributed
 from evaclip.train.metrics import MetricsLog, measure_matmul_ceiling
@@ -117,9 +117,9 @@ class Trainer:
         if not self.dist.is_distributed:
             return model
         if self.cfg.strategy == "ddp":
-            from evaclip.train.parallel import apply_ddp
+            from evaclip.models.parallel import apply_ddp
             return apply_ddp(model, self.device)
-        from evaclip.train.parallel import FSDPConfig, apply_fsdp
+        from evaclip.models.parallel import FSDPConfig, apply_fsdp
         # On CPU, bf16 compute has no fast path: keep the gathered weights in fp32 there.
         amp = self.cfg.precision in ("amp_bf16", "bf16") and self.device.type == "cuda"
         return apply_fsdp(model, cfg=FSDPConfig(param_dtype="bf16" if amp else "fp32"))
@@ -151,18 +151,18 @@ class Trainer:
     def _load_eval_sets(self) -> list[tuple[str, Any]]:
         """The zero-shot datasets of the evaluation hook, found and listed now: a wrong path fails before step 0,
         not at the first evaluation ``eval.every`` steps (and maybe hours) later. Resolved as ``evaclip eval``
-        resolves ``--dataset PATH``."""
+        resolves ``--dataset PATH``, and scored as it scores them (same class names and prompts)."""
         if self.cfg.task != "clip" or not self.cfg.eval.zeroshot:
             return []
-        from evaclip.eval.datasets import load_classification
-        from evaclip.eval.runner import resolve_dataset
+        from evaclip.eval.runner import EvalOptions, load_zeroshot_set, resolve_dataset
         from evaclip.transforms import image_transform
         transform = image_transform(self.task.image_size, is_train=False)
         sets = []
         for dataset in self.cfg.eval.zeroshot:
             try:
                 name, path = resolve_dataset(dataset, None)
-                sets.append((f"zeroshot/{Path(dataset).name}/acc1", load_classification(path, transform, name)))
+                sets.append((f"zeroshot/{Path(dataset).name}/acc1",
+                             load_zeroshot_set(path, transform, name, EvalOptions())))
             except EvaclipError as e:
                 raise type(e)(f"eval.zeroshot: {e}") from None
         return sets
@@ -406,16 +406,15 @@ class Trainer:
         out: dict[str, float] = {}
         sharded = self.dist.is_distributed and self.cfg.strategy == "fsdp"
         if (self.dist.is_main or sharded) and self.cfg.task == "clip":
-            from evaclip.eval.datasets import make_loader
-            from evaclip.eval.zeroshot import evaluate_zeroshot_classification
+            from evaclip.eval.runner import EvalOptions, evaluate_zeroshot_set
             model = self.raw_model
             was_training = model.training
             model.eval()
-            for key, data in self.eval_sets:
-                loader = make_loader(data.dataset, batch_size=self.cfg.eval.batch_size)
+            # read in this process: loader workers would be started afresh at every evaluation
+            opts = EvalOptions(batch_size=self.cfg.eval.batch_size, workers=0, device=str(self.device))
+            for key, zeroshot in self.eval_sets:
                 with torch.no_grad(), _autocast(self.cfg.precision, self.device):
-                    m = evaluate_zeroshot_classification(model, self.task.tokenizer(), loader, data.classnames,
-                                                         data.templates or ["a photo of a {c}."], self.device)
+                    m = evaluate_zeroshot_set(model, self.task.tokenizer(), zeroshot, opts)
                 out[key] = m["acc1"]
             model.train(was_training)
         if self.dist.is_distributed:

@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import common, data_pipeline, gpu_mfu, inference, train_step  # noqa: E402
 from evaclip.models.factory import create_model, get_model_config  # noqa: E402
-from evaclip.plan.flops import model_flops  # noqa: E402
+from evaclip.models.flops import model_flops  # noqa: E402
 
 FAKE_CEILING = common.Ceiling(per_wall_s=50e9, per_cpu_s=40e9)
 

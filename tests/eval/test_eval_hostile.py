@@ -290,14 +290,13 @@ def test_undecodable_video_is_skipped_and_counted(tmp_path, tiny_weights, capsys
 
 
 def test_every_eval_loader_skips_broken_files(tmp_path, toy_model):
-    """The training eval hook and the demo build their loaders with datasets.make_loader: it skips too."""
+    """The training eval hook and the demo score through the runner's zero-shot path, as the CLI does: it
+    skips too."""
     from eval_helpers import tiny_transform
-    from evaclip.eval.datasets import load_classification, make_loader
-    from evaclip.eval.zeroshot import evaluate_zeroshot_classification
+    from evaclip.eval.runner import EvalOptions, evaluate_zeroshot_set, load_zeroshot_set
     from evaclip.tokenizer import tokenize
     image_folder(tmp_path / "d", n=2)
     (tmp_path / "d" / "green" / "zz.png").write_bytes(b"broken")
-    data = load_classification(tmp_path / "d", tiny_transform)
-    m = evaluate_zeroshot_classification(toy_model, tokenize, make_loader(data.dataset, 2), data.classnames,
-                                         ["a {c} shape"])
+    opts = EvalOptions(batch_size=2, workers=0)
+    m = evaluate_zeroshot_set(toy_model, tokenize, load_zeroshot_set(tmp_path / "d", tiny_transform, "d", opts), opts)
     assert m["num_skipped_files"] == 1 and 0 <= m["acc1"] <= 1

@@ -113,3 +113,73 @@ def test_bad_arguments_raise_config_errors():
         BlockMaskGenerator(0)
     with pytest.raises(ConfigError, match="min_aspect"):
         BlockMaskGenerator(8, min_aspect=2.0)
+
+
+# --- the MIM task uses EVA-02's masking and augmentation (asuka: --num_mask_patches 105, flip then crop) ---
+
+def _mim_task(tmp_path, *overrides):
+    import evaclip
+    from safetensors.torch import save_file
+
+    from evaclip.train.config import apply_overrides
+    from evaclip.train.recipes import get_recipe
+    from evaclip.train.tasks import make_task
+    teacher = tmp_path / "teacher.safetensors"
+    if not teacher.exists():
+        save_file(evaclip.create_model("evaclip-tiny").state_dict(), teacher)
+    return make_task(apply_overrides(get_recipe("tiny"), ["task=mim", f"mim.teacher={teacher}",
+                                                          "mim.teacher_model=evaclip-tiny", *overrides]))
+
+
+@pytest.mark.parametrize("image_size,grid,count,min_block", [(128, 16, 105, 16), (64, 8, 26, 4), (32, 4, 7, 1)])
+def test_mim_task_masks_eva02s_105_of_256_by_default(tmp_path, image_size, grid, count, min_block):
+    # evaclip-tiny has patch 8: 128 px is EVA-02's 16x16 grid (224 px at patch 14)
+    task = _mim_task(tmp_path, f"model.image_size={image_size}")
+    assert (task.masker.grid, task.masker.num_masking_patches, task.masker.min_num_patches) == (grid, count,
+                                                                                             min_block)
+    masks = task.masker(64, 0)
+    assert masks.shape == (64, grid * grid) and int(masks.sum(1).max()) == count
+    if grid == 16:  # BEiT stops when a block fails to fit, a few short; on average above 0.4 * 256 = 102
+        assert masks.sum(1).float().mean() > 102.5
+
+
+def test_mim_task_mask_ratio_still_sets_the_share_when_given(tmp_path):
+    assert _mim_task(tmp_path, "model.image_size=128", "mim.mask_ratio=0.4").masker.num_masking_patches == 102
+
+
+def test_mim_augmentation_flips_before_the_crop_like_torchvision(tmp_path):
+    from PIL import Image
+
+    from evaclip.transforms import image_transform
+    task = _mim_task(tmp_path)
+    transform = task.train_transform()
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    crop = image_transform(32, is_train=True, scale=(0.2, 1.0))
+    flips = 0
+    for seed in range(60):
+        torch.manual_seed(seed)
+        got = transform(img)
+        torch.manual_seed(seed)
+        # RandomHorizontalFlip(0.5): torch.rand(1) < p, then RandomResizedCrop on the same RNG stream
+        flipped = bool(torch.rand(1) < 0.5)
+        want = crop(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flipped else img)
+        assert torch.equal(got, want), seed
+        flips += flipped
+    assert 15 < flips < 45
+
+
+def test_mim_hflip_zero_is_the_crop_alone_as_before(tmp_path):
+    from PIL import Image
+
+    from evaclip.train.recipes import get_recipe
+    from evaclip.transforms import image_transform
+    assert get_recipe("demo-mim").mim.hflip == 0.0  # the demo keeps the augmentation of its published runs
+    transform = _mim_task(tmp_path, "mim.hflip=0").train_transform()
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    crop = image_transform(32, is_train=True, scale=(0.2, 1.0))
+    for seed in range(5):
+        torch.manual_seed(seed)
+        got = transform(img)
+        torch.manual_seed(seed)
+        assert torch.equal(got, crop(img))

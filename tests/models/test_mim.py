@@ -223,3 +223,23 @@ def test_meta_build_then_init_weights_gives_a_working_student(cfg):
     assert torch.equal(student.lm_head.bias, torch.zeros(8)) and student.mask_token.std() > 0.005
     images, mask = batch()
     assert torch.isfinite(student(images, mask)).all()
+
+
+def test_student_load_takes_any_wrapper_but_never_resizes(tmp_path):
+    """``MIMStudent.load`` goes through the checkpoint fitting: a DeepSpeed-wrapped file with the official RoPE-free
+    MIM keys loads exactly, while a student of another grid is refused by name (resuming must not interpolate)."""
+    torch.manual_seed(0)
+    student = MIMStudent(STUDENT, teacher_dim=24)
+    wrapped = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": {"module." + k: v.clone() for k, v in student.state_dict().items()}}, wrapped)
+    again = MIMStudent(STUDENT, teacher_dim=24)
+    again.load(wrapped)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in student.state_dict().items())
+
+    other_grid = MIMStudent(dataclasses.replace(STUDENT, image_size=48), teacher_dim=24)
+    path = tmp_path / "other.safetensors"
+    other_grid.save(path)
+    before = again.pos_embed.detach().clone()
+    with pytest.raises(CheckpointError, match="pos_embed"):
+        again.load(path)
+    assert torch.equal(again.pos_embed, before)

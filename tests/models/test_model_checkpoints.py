@@ -192,6 +192,27 @@ def test_tower_initialisation_with_skip_keys(source, tmp_path):
     assert model.logit_scale.item() == pytest.approx(2.6592600369644165)
 
 
+def test_sharded_init_gets_exactly_the_tensors_create_model_loads(source, tmp_path):
+    """``pretrained_state_dict`` (a meta model, for FSDP) and ``create_model`` take one fitting path: the same
+    tensors for a whole-model file and for tower initialisation with a skip list."""
+    from evaclip.models.clip import CLIP
+    from evaclip.models.factory import pretrained_state_dict
+    clip_file = write(export_state_dict(source.state_dict(), "flat"), tmp_path / "clip.pt", "deepspeed")
+    vis = {k: v for k, v in export_state_dict(source.state_dict(), "vision").items() if not k.startswith("head.")}
+    mim_file = write(vis | {"mask_token": torch.randn(1, 1, 64)}, tmp_path / "mim.pt", "bare")
+    for kwargs in ({"pretrained": str(clip_file)},
+                   {"pretrained_image": str(mim_file), "pretrained_text": str(clip_file),
+                    "skip_keys": ("head.", "text_projection")}):
+        real = evaclip.create_model(tiny_cfg(), **kwargs).state_dict()
+        with torch.device("meta"):
+            meta = CLIP(tiny_cfg())
+        fitted = pretrained_state_dict(meta, **kwargs)
+        skipped = {"visual.head.weight", "visual.head.bias", "text.text_projection", "logit_scale"}
+        expected = set(real) - (skipped if "skip_keys" in kwargs else set())
+        assert set(fitted) == expected
+        assert all(torch.equal(fitted[k], real[k]) for k in fitted)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from hostile_kit import emoji_samples, tar_members
 from rel_kit import QUIET, assert_bit_identical, assert_clean_error, cli, final_weights, listing, run, trace
 
 from evaclip.data.tario import TarSampleReader
-from evaclip.train.checkpointing import find_latest
+from evaclip.train.run_state import find_latest
 
 SHORT = ["steps=6", "checkpoint_every=2", "data.batch_size=8", "schedule.warmup_steps=2", *QUIET]
 

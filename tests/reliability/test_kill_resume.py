@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rel_kit import QUIET, assert_bit_identical, cli, final_weights, run, torchrun, trace
 
-from evaclip.train.checkpointing import find_latest
+from evaclip.train.run_state import find_latest
 
 STEPS, EVERY, KEEP, BATCH = 12, 2, 2, 8
 COMMON = [f"steps={STEPS}", f"checkpoint_every={EVERY}", f"keep_checkpoints={KEEP}", f"data.batch_size={BATCH}",

@@ -5,40 +5,25 @@ import json
 import socket
 
 import httpx
-import pytest
-from search_kit import (QUERIES, Server, assert_clean_error, assert_same_ranking, brute_force, image_files,
+from search_kit import (QUERIES, assert_clean_error, assert_same_ranking, brute_force, image_files,
                         make_images, run_cli)
 
 
-@pytest.fixture(scope="module")
-def built(tiny, tmp_path_factory):
-    """A collection and its index built by the CLI."""
-    tmp = tmp_path_factory.mktemp("cli")
-    photos = make_images(tmp / "photos", 20)
-    config, weights = tiny
-    proc = run_cli("index", str(photos), "--model", config, "--pretrained", weights, "--out", str(tmp / "idx"),
-                   "--batch-size", "8", "--workers", "2", "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "embedded 20 new images" in proc.stdout and "images/s" in proc.stdout
-    return tmp, photos
-
-
-def test_index_then_serve_answers_exact_top10_over_http(tiny, built):
+def test_index_then_serve_answers_exact_top10_over_http(tiny, built, server):
     tmp, photos = built
     paths = image_files(photos)
     sims = brute_force(*tiny, photos, paths, QUERIES)
-    with Server(str(tmp / "idx")) as server:           # no model flags: the index remembers its model
-        assert server.url.startswith("http://127.0.0.1:")
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            assert client.get("/api/health").json()["count"] == 20
-            for qi, query in enumerate(QUERIES):
-                response = client.get("/api/search", params={"q": query, "k": 10})
-                assert response.status_code == 200
-                assert_same_ranking(response.json()["results"], paths, sims[qi], 10)
-            first = client.get("/api/search", params={"q": QUERIES[0]}).json()["results"][0]
-            assert client.get(first["url"]).content == (photos / first["path"]).read_bytes()
-            bad = client.get("/api/search", params={"q": ""})
-            assert bad.status_code == 400 and "error" in bad.json()
+    assert server.url.startswith("http://127.0.0.1:")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/api/health").json()["count"] == 20
+        for qi, query in enumerate(QUERIES):
+            response = client.get("/api/search", params={"q": query, "k": 10})
+            assert response.status_code == 200
+            assert_same_ranking(response.json()["results"], paths, sims[qi], 10)
+        first = client.get("/api/search", params={"q": QUERIES[0]}).json()["results"][0]
+        assert client.get(first["url"]).content == (photos / first["path"]).read_bytes()
+        bad = client.get("/api/search", params={"q": ""})
+        assert bad.status_code == 400 and "error" in bad.json()
 
 
 def _busy_port():

@@ -11,9 +11,6 @@ import shutil
 
 import httpx
 import pytest
-from search_kit import Server, make_images
-
-from evaclip.search import build_index
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -37,17 +34,6 @@ def browser():
     driver.quit()
 
 
-@pytest.fixture(scope="module")
-def server(tiny, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("page")
-    photos = make_images(tmp / "photos", 16)
-    config, weights = tiny
-    build_index(str(photos), tmp / "idx", model=config, pretrained=weights, progress=False, device="cpu")
-    with Server(str(tmp / "idx")) as srv:
-        srv.photos = photos
-        yield srv
-
-
 def _wait(driver, condition, timeout=60):
     from selenium.webdriver.support.ui import WebDriverWait
     return WebDriverWait(driver, timeout).until(condition)
@@ -65,7 +51,7 @@ def test_search_page_text_query_upload_drop_and_classify(browser, server, tmp_pa
     from selenium.webdriver.support.ui import Select
     driver = browser
     driver.get(server.url + "/")
-    _wait(driver, lambda d: "16 images" in d.find_element(By.ID, "status").text)
+    _wait(driver, lambda d: "20 images" in d.find_element(By.ID, "status").text)
     assert not driver.find_element(By.ID, "upload").is_displayed()  # nothing uploaded yet
 
     # type a query: the grid shows the API's top-k, in order, with scores and loaded thumbnails

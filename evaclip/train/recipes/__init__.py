@@ -2,10 +2,13 @@
 
 ``evaclip train RECIPE key=value ...`` starts from ``get_recipe(RECIPE)`` and applies the overrides. A recipe
 module registers its functions with :func:`register`; the modules listed in ``_MODULES`` are imported lazily.
+A published recipe also records where its numbers come from and the published run's GPU count (its
+``data.batch_size`` is per GPU), so ``evaclip train --list`` can give its global batch and samples seen.
 """
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Callable
 
 from evaclip.errors import ConfigError
@@ -13,14 +16,43 @@ from evaclip.train.config import TrainConfig
 
 _MODULES = ("evaclip.train.recipes.tiny", "evaclip.train.recipes.paper", "evaclip.train.recipes.eva02",
             "evaclip.train.recipes.demo")
-_RECIPES: dict[str, tuple[Callable[[], TrainConfig], str]] = {}
 
 
-def register(name: str):
+@dataclass(frozen=True)
+class RecipeInfo:
+    build: Callable[[], TrainConfig]
+    doc: str
+    source: str  # where the settings come from: a paper table or an official command
+    gpus: int | None  # data-parallel ranks of the published run; None: whatever this run has
+
+
+_RECIPES: dict[str, RecipeInfo] = {}
+
+
+def register(name: str, *, source: str = "evaclip", gpus: int | None = None):
     def wrap(fn: Callable[[], TrainConfig]):
-        _RECIPES[name] = (fn, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        _RECIPES[name] = RecipeInfo(fn, doc, source, gpus)
         return fn
     return wrap
+
+
+def find_recipe(name: str) -> RecipeInfo | None:
+    """The registered recipe ``name``, or None."""
+    _load_all()
+    return _RECIPES.get(name)
+
+
+def recipe_table() -> list[dict]:
+    """One row per recipe: name, source, GPUs, global batch, steps and samples seen (at the published GPU count)."""
+    _load_all()
+    rows = []
+    for name, info in sorted(_RECIPES.items()):
+        cfg = info.build()
+        batch = cfg.data.batch_size * info.gpus if info.gpus else None
+        rows.append({"recipe": name, "source": info.source, "gpus": info.gpus, "global_batch": batch,
+                     "steps": cfg.steps, "samples_seen": batch * cfg.steps if batch else None, "doc": info.doc})
+    return rows
 
 
 def _load_all() -> None:
@@ -35,13 +67,13 @@ def _load_all() -> None:
 def list_recipes() -> dict[str, str]:
     """Recipe name -> one-line description."""
     _load_all()
-    return {k: v[1] for k, v in sorted(_RECIPES.items())}
+    return {k: v.doc for k, v in sorted(_RECIPES.items())}
 
 
 def get_recipe(name: str) -> TrainConfig:
     _load_all()
     if name not in _RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of: {', '.join(sorted(_RECIPES))}")
-    cfg = _RECIPES[name][0]()
+    cfg = _RECIPES[name].build()
     cfg.recipe = name
     return cfg

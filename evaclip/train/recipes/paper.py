@@ -8,10 +8,24 @@ the text tower from EVA02-CLIP-E/14+ (its text projection re-initialised), as th
 
 Data: the paper's Merged-2B = 1.6B LAION-2B + 0.4B COYO-700M pairs; point ``data.sources`` at your shards,
 e.g. ``data.sources=/data/laion2b/{00000..99999}.tar::/data/coyo700m/{00000..19999}.tar data.weights=1.6,0.4``.
+
+The "+" stages (EVA-CLIP-8B+ at 448 px, EVA-CLIP-18B+ at 336 px; Tables 10, 12, 13, right-hand columns)
+continue the whole 224 px EVA-CLIP (``model.pretrained``) at ``model.image_size``: the position embedding is
+interpolated on load (bicubic, as the official ``resize_evaclip_pos_embed``); 8B and 18B have no RoPE. Peak lr
+2e-4 / 2e-5, vision layer decay 0.85, no patch dropout, 800M / 400M samples at global batches "24k" / "23k".
+The paper gives no GPU count for them: 64 pairs per GPU on the main stages' 384 / 360 GPUs gives 24,576 and
+23,040, both rounding to the published figures, and that is what these recipes use. Everything else is the
+main stage's (Tables 12-13 list one value for both columns).
+
+The trust ratio stays per tensor (``optim.trust_ratio=tensor``), the LAMB paper's rule, as before. The
+official runs computed it per ZeRO-3 flat partition (docs/lamb_under_sharding.md);
+``optim.trust_ratio=zero3 optim.trust_partitions=384`` (8B) or ``360`` (18B) reproduces that exactly.
 """
 from __future__ import annotations
 
 from evaclip.data.config import DataConfig, DataSource
+from evaclip.models.weak_to_strong import WEAK_TO_STRONG_SKIP
+from evaclip.errors import ConfigError
 from evaclip.train.config import EvalSection, ModelSection, ScheduleSection, TrainConfig
 from evaclip.train.optim import OptimConfig
 from evaclip.train.recipes import register
@@ -22,6 +36,8 @@ MERGED_2B = [DataSource("/data/laion2b/{00000..99999}.tar", 1.6, "laion2b"),
 
 
 def _paper(model: str, global_batch: int, samples: float, gpus: int, mim: str) -> TrainConfig:
+    if global_batch % gpus:
+        raise ConfigError(f"global batch {global_batch} is not a multiple of {gpus} GPUs")
     per_gpu = global_batch // gpus
     return TrainConfig(
         out_dir=f"runs/{model}",
@@ -33,7 +49,7 @@ def _paper(model: str, global_batch: int, samples: float, gpus: int, mim: str) -
         keep_checkpoints=3,
         log_every=10,
         model=ModelSection(name=model, pretrained_image=mim, pretrained_text="EVA02_CLIP_E_psz14_plus_s9B.pt",
-                           skip_keys=["text_projection", "logit_scale"], patch_dropout=0.5,
+                           skip_keys=list(WEAK_TO_STRONG_SKIP), patch_dropout=0.5,
                            grad_checkpointing=True, fixed_temperature=0.01),
         data=DataConfig(sources=[DataSource(s.urls, s.weight, s.name) for s in MERGED_2B], batch_size=per_gpu,
                         num_workers=8, resampled=True, seed=4096),
@@ -44,13 +60,53 @@ def _paper(model: str, global_batch: int, samples: float, gpus: int, mim: str) -
     )
 
 
-@register("eva-clip-8b")
+GPUS_8B, GPUS_18B = 384, 360
+
+
+@register("eva-clip-8b", source="paper Tables 1, 12", gpus=GPUS_8B)
 def eva_clip_8b() -> TrainConfig:
     """EVA-CLIP-8B: 9B samples at a 178k global batch on 384 A100-40GB (Tables 12-13)."""
-    return _paper("EVA-CLIP-8B", global_batch=178_176, samples=9e9, gpus=384, mim="EVA_8B_psz14.bin")
+    return _paper("EVA-CLIP-8B", global_batch=178_176, samples=9e9, gpus=GPUS_8B, mim="EVA_8B_psz14.bin")
 
 
-@register("eva-clip-18b")
+@register("eva-clip-18b", source="paper Tables 1, 13", gpus=GPUS_18B)
 def eva_clip_18b() -> TrainConfig:
     """EVA-CLIP-18B: 6B samples at a 108k global batch on 360 A100-40GB (Tables 12-13)."""
-    return _paper("EVA-CLIP-18B", global_batch=108_000, samples=6e9, gpus=360, mim="EVA_18B_psz14.fp16.bin")
+    return _paper("EVA-CLIP-18B", global_batch=108_000, samples=6e9, gpus=GPUS_18B, mim="EVA_18B_psz14.fp16.bin")
+
+
+def _plus(main: TrainConfig, image_size: int, global_batch: int, samples: float, gpus: int,
+          start: str) -> TrainConfig:
+    """The main stage's recipe continued from its own result at a higher resolution (Tables 12-13, right)."""
+    cfg = main
+    cfg.out_dir += f"-{image_size}"
+    cfg.steps = int(samples // global_batch)
+    cfg.data.batch_size = global_batch // gpus
+    # The whole 224 px EVA-CLIP is the start: both towers and the (fixed) temperature, nothing re-initialised.
+    cfg.model.pretrained, cfg.model.pretrained_image, cfg.model.pretrained_text = start, None, None
+    cfg.model.skip_keys = []
+    cfg.model.image_size = image_size
+    cfg.model.patch_dropout = 0.0
+    cfg.optim.lr = cfg.optim.visual_lr = 2e-4
+    cfg.optim.text_lr = 2e-5
+    cfg.optim.visual_ld = 0.85
+    return cfg
+
+
+@register("eva-clip-8b-plus", source="paper Tables 10, 12 (8B+)", gpus=GPUS_8B)
+def eva_clip_8b_plus() -> TrainConfig:
+    """EVA-CLIP-8B+: EVA-CLIP-8B continued at 448 px, 800M samples at a 24k global batch (Tables 10, 12)."""
+    return _plus(eva_clip_8b(), 448, global_batch=64 * GPUS_8B, samples=800e6, gpus=GPUS_8B,
+                 start="EVA_CLIP_8B_psz14_s9B.pt")
+
+
+@register("eva-clip-18b-plus", source="paper Tables 10, 13 (18B+)", gpus=GPUS_18B)
+def eva_clip_18b_plus() -> TrainConfig:
+    """EVA-CLIP-18B+: EVA-CLIP-18B continued at 336 px, 400M samples at a 23k global batch (Tables 10, 13)."""
+    cfg = _plus(eva_clip_18b(), 336, global_batch=64 * GPUS_18B, samples=400e6, gpus=GPUS_18B,
+                start="EVA_CLIP_18B_psz14_s6B.fp16.pt")
+    # Merged-2B+ (the paper, section 4): Merged-2B plus 20M LAION-COCO pairs, weighted by size here. Its other
+    # addition, 23M video-frame pairs (VideoCC, InternVid, WebVid-10M) "included at the end of the training
+    # process", is a schedule, not a weight: add it as a source for the last steps if you have it.
+    cfg.data.sources.append(DataSource("/data/laion-coco/{00000..01999}.tar", 0.02, "laion-coco"))
+    return cfg

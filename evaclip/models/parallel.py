@@ -1,7 +1,8 @@
 """Data-parallel wrapping: DDP, or FSDP2 (``fully_shard`` per transformer block, then the root).
 
-Kept apart from the trainer so the planner can apply exactly the same wrapping to EVA-CLIP-18B on the meta
-device under a fake 360-rank process group and read back the per-rank bytes.
+Below both the trainer and the planner, so that :mod:`evaclip.plan.simulate` applies exactly the trainer's
+wrapping to EVA-CLIP-18B on the meta device under a fake 360-rank process group and reads back the per-rank
+bytes.
 """
 from __future__ import annotations
 
