@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaclip.errors import ConfigError
-from evaclip.models.checkpoint import load_checkpoint, save_file
+from evaclip.models.checkpoint import LoadReport, load_checkpoint, save_file
 from evaclip.models.config import VisionConfig
 from evaclip.models.layers import trunc_normal_
 from evaclip.models.vision import EVAVisionTransformer
@@ -112,10 +112,11 @@ class MIMStudent(EVAVisionTransformer):
         """Write the official-layout state dict as safetensors (atomically)."""
         save_file(self.state_dict_official(), path, metadata={"format": "pt", "evaclip_layout": "mim"})
 
-    def load(self, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> None:
+    def load(self, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> LoadReport:
         """Load an official-layout MIM file (e.g. one written by :meth:`save`) strictly, to resume or evaluate:
-        every key must match this student, with no interpolation (a grid change means another model)."""
-        load_checkpoint(self, path, strict=True, allow_nonfinite=allow_nonfinite, interpolate=False)
+        every key must match this student, with no interpolation (a grid change means another model). A student
+        on the meta device receives nothing: the report's ``tensors`` hold the fitted weights (sharded init)."""
+        return load_checkpoint(self, path, strict=True, allow_nonfinite=allow_nonfinite, interpolate=False)
 
 
 class MIMTeacher(nn.Module):

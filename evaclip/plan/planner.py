@@ -24,6 +24,7 @@ from evaclip.plan.memory import (COMPUTE_BYTES, GRAD_BYTES, MASTER_BYTES, OPTIMI
 from evaclip.plan.params import model_params
 # plan sits above train: it plans a recipe's run (train never imports plan)
 from evaclip.train.recipes import find_recipe
+from evaclip.train.tasks import model_config
 
 GIB = 2**30
 GB = 1e9
@@ -174,8 +175,7 @@ def _resolve(req: PlanRequest) -> tuple[PlanRequest, CLIPConfig, str]:
     if info is None:
         return req, get_model_config(req.model), ""
     recipe = info.build()
-    cfg = get_model_config(recipe.model.name)
-    recipe.model.fit_vision(cfg.vision_cfg)
+    cfg = model_config(recipe)
     batch = req.global_batch
     if batch is None and info.gpus:
         batch = recipe.data.batch_size * info.gpus

@@ -7,13 +7,14 @@ larger EVA-CLIP through ``model.pretrained_image`` (see the ``demo-student`` rec
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from evaclip import transforms
 from evaclip.train.config import TrainConfig
+from evaclip.train.tasks import Task
 
 
 class _NoTokens:
@@ -47,20 +48,15 @@ class FlipThenCrop:
         return f"RandomHorizontalFlip(p={self.p}), {self.crop!r}"
 
 
-class MIMTask:
+class MIMTask(Task):
     name = "mim"
 
     def __init__(self, cfg: TrainConfig):
-        from evaclip.models import get_model_config
         from evaclip.models.masking import BlockMaskGenerator
         from evaclip.models.mim import MIMTeacher
 
-        self.cfg = cfg
-        self.model_cfg = get_model_config(cfg.model.name)
+        super().__init__(cfg)
         self.vision_cfg = self.model_cfg.vision_cfg
-        cfg.model.fit_vision(self.vision_cfg)
-        if cfg.model.patch_dropout is not None:
-            self.vision_cfg.patch_dropout = cfg.model.patch_dropout
         grid = self.vision_cfg.grid_size
         self.teacher = MIMTeacher.from_checkpoint(cfg.mim.teacher_model, cfg.mim.teacher, student_grid=grid,
                                                   include_cls=cfg.mim.include_cls)
@@ -69,30 +65,40 @@ class MIMTask:
         count = None if ratio is None else max(1, round(ratio * grid * grid))
         self.masker = BlockMaskGenerator(grid, num_masking_patches=count)
 
-    @property
-    def image_size(self) -> int:
-        return self.vision_cfg.image_size
-
     def train_transform(self):
-        from evaclip.transforms import image_transform
         # EVA-02's MIM crop: RandomResizedCrop with scale (0.2, 1), after a horizontal flip.
-        return FlipThenCrop(image_transform(self.image_size, is_train=True, scale=(0.2, 1.0)), self.cfg.mim.hflip)
+        return FlipThenCrop(transforms.image_transform(self.image_size, is_train=True, scale=(0.2, 1.0)),
+                            self.cfg.mim.hflip)
 
     def build(self, device: torch.device) -> nn.Module:
         from evaclip.models.mim import MIMStudent
         student = MIMStudent(self.vision_cfg, teacher_dim=self.teacher.output_dim)
         if self.cfg.model.pretrained_image:  # continue from an earlier MIM file
             student.load(self.cfg.model.pretrained_image)
+        self._finish(student, device)
+        return student.to(device)
+
+    def build_meta(self, device: torch.device) -> nn.Module:
+        from evaclip.models.mim import MIMStudent
+        with torch.device("meta"):
+            student = MIMStudent(self.vision_cfg, teacher_dim=self.teacher.output_dim)
+        self._finish(student, device)
+        return student
+
+    def pretrained_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        if not self.cfg.model.pretrained_image:
+            return {}
+        # On a meta student nothing is copied: the fitted tensors come back in the report.
+        return dict(model.load(self.cfg.model.pretrained_image).tensors)
+
+    def _finish(self, student: nn.Module, device: torch.device) -> None:
         if self.cfg.model.grad_checkpointing:
             student.set_grad_checkpointing(True)
+        # The frozen teacher is never sharded: every rank computes the targets of its own batch.
         self.teacher.to(device)
-        return student.to(device)
 
     def tokenizer(self):
         return _NoTokens()
-
-    def make_loss(self):
-        return None
 
     def loss(self, model: nn.Module, loss_fn, images: torch.Tensor, tokens: torch.Tensor):
         from evaclip.models.mim import mim_step_loss
@@ -102,17 +108,10 @@ class MIMTask:
         loss, metrics = mim_step_loss(model, self.teacher, images, mask)
         return loss, {k: v for k, v in metrics.items() if k != "loss"}
 
-    def after_step(self, model: nn.Module) -> None:
-        pass
-
     def export(self, full_state_dict: dict[str, torch.Tensor], out_dir: Path) -> list[Path]:
-        from evaclip.models.checkpoint import save_file
-        from evaclip.outputs import atomic_write_text
-        weights, config = out_dir / "final.safetensors", out_dir / "model_config.json"
-        save_file(full_state_dict, weights, metadata={"format": "pt", "evaclip_layout": "mim"})
-        # The CLIP config whose vision tower this student is: create_model(config, pretrained_image=weights).
-        atomic_write_text(config, json.dumps(self.model_cfg.to_dict(), indent=2) + "\n", what="training output")
-        return [weights, config]
+        # The model config written beside the weights is the CLIP whose vision tower this student is:
+        # create_model(config, pretrained_image=weights).
+        return self._write_export(full_state_dict, out_dir, {"format": "pt", "evaclip_layout": "mim"})
 
     def flops_per_sample(self) -> float | None:
         """Student training (3x forward) plus the frozen teacher's forward, per image."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaclip.errors import ConfigError
+from evaclip.models.parallel import unwrap
 
 OPTIMIZERS = ("lamb", "adamw")
 TRUST_RATIOS = ("tensor", "zero3")
@@ -91,19 +92,6 @@ def _tower_settings(model: nn.Module, tower: str, cfg: OptimConfig) -> tuple[nn.
     return getattr(model, tower, None), cfg.lr if lr is None else lr, getattr(cfg, f"{tower}_ld")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside DDP / torch.compile wrappers."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
-
-
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Split the trainable parameters of an (unwrapped) CLIP model into optimizer groups.
 
@@ -113,7 +101,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     ``lr = base_lr * lr_scale``. Frozen parameters are left out. DDP and torch.compile wrappers are looked
     through (their ``module.`` / ``_orig_mod.`` prefixes would hide the towers); FSDP2 keeps the names.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     model_no_wd = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     towers = {t: _tower_settings(model, t, cfg) for t in TOWERS}
     no_wd = {"logit_scale", "logit_bias"} | model_no_wd

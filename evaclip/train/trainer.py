@@ -1,5 +1,7 @@
 """The training loop. Read top to bottom: set-up, resume, then one step = data -> forward -> loss -> backward
--> clip -> optimizer -> bookkeeping, with checkpoints every ``checkpoint_every`` steps.
+-> clip -> optimizer -> bookkeeping, with checkpoints every ``checkpoint_every`` steps. What is trained comes
+from :mod:`evaclip.train.tasks`; timing, cadence, skip counts, sample trace and progress from
+:mod:`evaclip.train.loop`.
 
 The same code runs one process on a laptop CPU or many under ``torchrun`` (DDP, or FSDP2 full sharding).
 """
@@ -9,7 +11,6 @@ import contextlib
 import gc
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -17,12 +18,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from evaclip.data.decode import SKIP_REASONS
+from evaclip import transforms
 from evaclip.errors import EvaclipError, TrainingError
 from evaclip.outputs import atomic_write_text, check_output
-from evaclip.train import faults, run_state as checkpointing
+from evaclip.train import faults, run_state
 from evaclip.train.config import TrainConfig, compute_dtype
 from evaclip.train.distributed import DistInfo, init_distributed
+from evaclip.train.loop import Cadence, Progress, SampleTrace, SkipCounts, StepClock
 from evaclip.train.metrics import MetricsLog, measure_matmul_ceiling
 from evaclip.train.optim import build_optimizer
 from evaclip.train.schedule import LRSchedule
@@ -69,7 +71,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         # Fail before any work on bad input: the resume point, the model config, the data sources (listed,
         # not read), the out_dir.
-        self.resume_path = checkpointing.resolve_resume(cfg.resume, self.out_dir)
+        self.resume_path = run_state.resolve_resume(cfg.resume, self.out_dir)
         self.task = make_task(cfg)
         self.eval_sets = self._load_eval_sets()
         self._external_batches = batches
@@ -125,14 +127,13 @@ class Trainer:
         return apply_fsdp(model, cfg=FSDPConfig(param_dtype="bf16" if amp else "fp32"))
 
     def _sharded_init(self) -> bool:
-        return (self.dist.is_distributed and self.cfg.strategy == "fsdp" and self.cfg.model.meta_init
-                and hasattr(self.task, "build_meta"))
+        return self.dist.is_distributed and self.cfg.strategy == "fsdp" and self.cfg.model.meta_init
 
     def _build_sharded(self) -> nn.Module:
         """Meta build -> fully_shard -> materialise local shards -> init -> pretrained weights from rank 0."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        model = self.task.build_meta()
+        model = self.task.build_meta(self.device)
         weights = self.task.pretrained_state_dict(model) if self.dist.is_main else {}
         if self.cfg.precision == "bf16":
             model = model.to(torch.bfloat16)
@@ -155,8 +156,7 @@ class Trainer:
         if self.cfg.task != "clip" or not self.cfg.eval.zeroshot:
             return []
         from evaclip.eval.runner import EvalOptions, load_zeroshot_set, resolve_dataset
-        from evaclip.transforms import image_transform
-        transform = image_transform(self.task.image_size, is_train=False)
+        transform = transforms.image_transform(self.task.image_size, is_train=False)
         sets = []
         for dataset in self.cfg.eval.zeroshot:
             try:
@@ -169,13 +169,10 @@ class Trainer:
 
     def _make_loader(self):
         from evaclip.data.pipeline import make_loader
-        from evaclip.transforms import image_transform
-        self.cfg.data.context_length = getattr(self.task.tokenizer(), "context_length", self.cfg.data.context_length)
-        make = getattr(self.task, "train_transform", None)
-        transform = make() if make else image_transform(self.task.image_size, is_train=True,
-                                                          scale=self.cfg.data.crop_scale)
-        return make_loader(self.cfg.data, self.dist.rank, self.dist.world_size, transform=transform,
-                           tokenizer=self.task.tokenizer())
+        # The task's tokenizer carries its own context length: data.context_length is only make_loader's
+        # default for callers that bring none.
+        return make_loader(self.cfg.data, self.dist.rank, self.dist.world_size,
+                           transform=self.task.train_transform(), tokenizer=self.task.tokenizer())
 
     def _batches(self) -> Iterator:
         if self._external_batches is not None:
@@ -189,7 +186,7 @@ class Trainer:
         path = self.resume_path
         if path is None:
             return
-        meta, rank_state = checkpointing.load(path, self.model, self.optimizer)
+        meta, rank_state = run_state.load(path, self.model, self.optimizer)
         self.step = int(meta["step"])
         self.samples_seen = int(meta.get("samples_seen", 0))
         self.skipped_steps = int(meta.get("skipped_steps", 0))
@@ -212,8 +209,8 @@ class Trainer:
                 "first_nonfinite_step": self.first_nonfinite_step}
         if self.scaler is not None:
             meta["grad_scaler"] = self.scaler.state_dict()
-        return checkpointing.save(self.out_dir, self.step, self.model, self.optimizer,
-                                  rank_state={"data": data_state}, meta=meta, keep=self.cfg.keep_checkpoints)
+        return run_state.save(self.out_dir, self.step, self.model, self.optimizer,
+                              rank_state={"data": data_state}, meta=meta, keep=self.cfg.keep_checkpoints)
 
     def export(self) -> list[Path]:
         """Write the full, unsharded weights (rank 0) in the format ``evaclip.create_model`` loads."""
@@ -385,8 +382,7 @@ class Trainer:
 
     def close(self) -> None:
         """Release the data workers, the DDP wrapper and, if this trainer created it, the process group."""
-        if self.loader is not None:
-            self.loader.close()
+        self._close_loader()
         # DDP's C++ reducer holds the process group and is freed with the GIL held. Were it the group's last
         # owner, the group's destructor would join gloo threads that may be waiting for that GIL: a hang at
         # exit (PyTorch #56297). Freed here, while the group is still registered, it is never the last owner.
@@ -426,84 +422,67 @@ class Trainer:
         cfg = self.cfg
         self.resume()
         self.require_finite_weights("trained")
-        metrics = MetricsLog(self.out_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
-        if self.dist.is_main:
-            atomic_write_text(self.out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n",
-                              what="training output")
         global_batch = cfg.data.batch_size * self.dist.world_size
-        flops = self.task.flops_per_sample()
-        # MFU's denominator is the matmul rate of the dtype the run computes in (bf16 runs several times faster
-        # than fp32 on a GPU, so an fp32 ceiling would inflate a bf16 run's MFU).
-        ceiling = measure_matmul_ceiling(self.device, compute_dtype(cfg.precision)) if flops else None
-        batches = self._batches()
-        progress = None
-        if self.dist.is_main and cfg.progress:
-            from tqdm import tqdm
-            progress = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.recipe or cfg.task}",
-                            dynamic_ncols=True)
-        self.model.train()
-        wall_start, data_time, step_time = time.perf_counter(), 0.0, 0.0
-        try:
+        cadence = Cadence.of(cfg)
+        trace = SampleTrace(self.out_dir, self.dist.rank, cfg.trace_samples)
+        with contextlib.ExitStack() as open_parts:  # closed in reverse order, whether the run ends or fails
+            open_parts.callback(self._close_loader)
+            metrics = MetricsLog(self.out_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
+            open_parts.callback(metrics.close)
+            if self.dist.is_main:
+                atomic_write_text(self.out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n",
+                                  what="training output")
+            flops = self.task.flops_per_sample()
+            # MFU's denominator is the matmul rate of the dtype the run computes in (bf16 runs several times
+            # faster than fp32 on a GPU, so an fp32 ceiling would inflate a bf16 run's MFU).
+            ceiling = measure_matmul_ceiling(self.device, compute_dtype(cfg.precision)) if flops else None
+            batches = self._batches()
+            skips = SkipCounts(self.loader)
+            progress = Progress(self.dist.is_main and cfg.progress, total=cfg.steps, initial=self.step,
+                                desc=f"train {cfg.recipe or cfg.task}")
+            open_parts.callback(progress.close)
+            self.model.train()
+            clock = StepClock(global_batch, flops, ceiling, self.dist.world_size)
             while self.step < cfg.steps:
-                t0 = time.perf_counter()
+                clock.start()
                 try:
                     images, tokens, info = next(batches)
                 except StopIteration:
                     batches = self._batches()  # next virtual epoch
                     images, tokens, info = next(batches)
-                t1 = time.perf_counter()
+                clock.batch_ready()
                 record = self.train_step(images, tokens)
-                t2 = time.perf_counter()
-                data_time += t1 - t0
-                step_time += t2 - t0
+                clock.step_done(record)
+                trace.write(self.step, info)
                 self.step += 1
                 self.samples_seen += global_batch
-                record["samples_per_s"] = global_batch / max(t2 - t0, 1e-9)
-                record["data_wait"] = (t1 - t0) / max(t2 - t0, 1e-9)
-                if flops and ceiling:
-                    record["mfu"] = flops * record["samples_per_s"] / (ceiling * self.dist.world_size)
-                should_log = self.step % cfg.log_every == 0 or self.step == cfg.steps or record["skipped"]
-                if self.loader is not None and should_log:
-                    from evaclip.data.pipeline import global_skip_counts
-                    # A collective: every rank reaches this on the same steps (both conditions are global).
-                    skips = global_skip_counts(self.loader.skip_counts)
-                    record["skipped_samples"] = sum(n for k, n in skips.items() if k in SKIP_REASONS)
-                    record.update({f"skip/{k}": v for k, v in skips.items()})
-                if cfg.trace_samples:
-                    with open(self.out_dir / f"samples_rank{self.dist.rank}.jsonl", "a") as f:
-                        f.write(json.dumps({"step": self.step - 1, "keys": list(info.get("keys", []))}) + "\n")
-                if cfg.eval.every and (self.step % cfg.eval.every == 0 or self.step == cfg.steps):
+                should_log = cadence.log(self.step, record["skipped"])
+                if should_log:
+                    skips.add_to(record)  # a collective: every rank logs on the same steps (the test is global)
+                if cadence.evaluate(self.step):
                     record.update(self.evaluate())
                 if should_log:
                     metrics.log(record)
                 self.check_nonfinite(record["step"])
-                if progress is not None:
-                    progress.update(1)
-                    post = {"loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.2e}",
-                            "sps": f"{record['samples_per_s']:.1f}", "wait": f"{record['data_wait']:.0%}"}
-                    if "mfu" in record:
-                        post["mfu"] = f"{record['mfu']:.2f}"
-                    progress.set_postfix(post, refresh=False)
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                progress.update(record)
+                if cadence.checkpoint(self.step):
                     self.save_checkpoint()
-            if cfg.checkpoint_every:
+            if cadence.final_checkpoint:
                 self.save_checkpoint()
             exported = self.export()
-        finally:
-            if progress is not None:
-                progress.close()
-            metrics.close()
-            if self.loader is not None:
-                self.loader.close()
+        return self._summary(clock, skips, exported)
+
+    def _close_loader(self) -> None:
+        if self.loader is not None:
+            self.loader.close()
+
+    def _summary(self, clock: StepClock, skips: SkipCounts, exported: list[Path]) -> dict[str, Any]:
+        """The run's totals, written to summary.json by rank 0. A collective (the skip counts of every rank)."""
         # final_loss: that of the last step that updated the weights (a skipped step's NaN says nothing about them).
         summary = {"steps": self.step, "samples_seen": self.samples_seen, "final_loss": self.last_finite_loss,
                    "skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite_steps,
-                   "wall_s": time.perf_counter() - wall_start,
-                   "data_wait_share": data_time / step_time if step_time else 0.0,
-                   "exported": [str(p) for p in exported]}
-        if self.loader is not None:  # a collective: every rank's skips, as in metrics.jsonl
-            from evaclip.data.pipeline import global_skip_counts
-            summary["skipped_samples"] = global_skip_counts(self.loader.skip_counts)
+                   **clock.totals(), "exported": [str(p) for p in exported]}
+        skips.add_to_summary(summary)
         if self.dist.is_main:
             atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n",
                               what="training output")
