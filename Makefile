@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.evaclip-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv test demo demo-quick data system-deps browser-deps bench clean
+.PHONY: venv lint test demo demo-quick data system-deps browser-deps bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-test: $(STAMP) browser-deps
+# Lint first: an unused import or undefined name fails in seconds, not after the suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check evaclip tests benchmarks scripts
+
+test: $(STAMP) browser-deps lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests
 
 # The search page is tested in Debian's headless chromium (driven by Selenium through chromedriver).

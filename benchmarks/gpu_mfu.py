@@ -114,7 +114,6 @@ def time_steps(model, images, tokens, warmup: int, steps: int, device: torch.dev
         step()
         sync(device)
         times.append(time.perf_counter() - start)
-    del optimizer
     return times
 
 

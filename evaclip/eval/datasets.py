@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from evaclip.errors import ConfigError, DatasetError
 from evaclip.eval import benchmarks
@@ -493,9 +493,3 @@ def load_retrieval(path: str | Path, transform: Transform, split: str = "test") 
     raise DatasetError(f"{root} is a {layout} dataset, not image-caption pairs; expected ROOT/captions.csv "
                        f"(header image,caption) or CLIP_benchmark's retrieval webdataset")
 
-
-def make_loader(dataset: Dataset, batch_size: int = 64, workers: int = 0) -> DataLoader:
-    """An in-order batched loader (several worker processes when ``workers`` > 0) that skips and reports files
-    that cannot be decoded (see :func:`evaclip.eval.features.image_loader`)."""
-    from evaclip.eval.features import image_loader
-    return image_loader(dataset, batch_size=batch_size, workers=workers)

@@ -92,13 +92,21 @@ class VisionRope(nn.Module):
         self.register_buffer("freqs_cos", table.cos(), persistent=False)
         self.register_buffer("freqs_sin", table.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Rotate ``x`` of shape (B, heads, N_patches, head_dim); ``keep`` (B, N_kept) indexes kept patches."""
+    def tables(self, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (cos, sin) tables of this forward pass: (N, head_dim), or (B, 1, N_kept, head_dim) for the
+        patches that patch dropout kept (``keep``: (B, N_kept) indices). Computed once per forward and passed
+        to every block, since all blocks rotate the same positions."""
         cos, sin = self.freqs_cos, self.freqs_sin
         if keep is not None:  # after patch dropout each sample has its own subset of positions
             cos = cos[keep].unsqueeze(1)
             sin = sin[keep].unsqueeze(1)
-        return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+        return cos, sin
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate ``x`` of shape (B, heads, N_patches, head_dim) by the tables of :meth:`VisionRope.tables`."""
+    cos, sin = rope
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -116,8 +124,7 @@ class Attention(nn.Module):
     per-query constant to the logits, which softmax ignores).
     """
 
-    def __init__(self, dim: int, heads: int, qkv_bias: bool, subln: bool, norm: str, eps: float,
-                 rope: VisionRope | None = None):
+    def __init__(self, dim: int, heads: int, qkv_bias: bool, subln: bool, norm: str, eps: float):
         super().__init__()
         self.heads = heads
         self.subln = subln
@@ -134,11 +141,9 @@ class Attention(nn.Module):
             self.q_bias = self.v_bias = None
         self.inner_attn_ln = make_norm(norm, dim, eps) if subln else nn.Identity()
         self.proj = nn.Linear(dim, dim)
-        # One RoPE table shared by all blocks; kept out of the module tree so it is neither a submodule per
-        # block nor in the state dict.
-        self._rope = [rope] if rope is not None else []
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``rope``: the tower's (cos, sin) tables for this forward pass, or None for a model without RoPE."""
         B, N, C = x.shape
         if self.subln:
             q = F.linear(x, self.q_proj.weight, self.q_bias)
@@ -153,10 +158,9 @@ class Attention(nn.Module):
             # straight into the linear's (B, N, 3C) layout (one copy fewer than unbinding a permuted view).
             qkv = F.linear(x, self.qkv.weight, bias).view(B, N, 3, self.heads, -1)
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
-        if self._rope:  # rotate patch tokens only; the cls token (index 0) has no position
-            rope = self._rope[0]
-            q = torch.cat((q[:, :, :1], rope(q[:, :, 1:], keep)), dim=2).type_as(v)
-            k = torch.cat((k[:, :, :1], rope(k[:, :, 1:], keep)), dim=2).type_as(v)
+        if rope is not None:  # rotate patch tokens only; the cls token (index 0) has no position
+            q = torch.cat((q[:, :, :1], apply_rope(q[:, :, 1:], rope)), dim=2).type_as(v)
+            k = torch.cat((k[:, :, :1], apply_rope(k[:, :, 1:], rope)), dim=2).type_as(v)
         x = F.scaled_dot_product_attention(q, k, v)
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj(self.inner_attn_ln(x))
@@ -201,12 +205,12 @@ class Block(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, mlp_hidden: int, *, qkv_bias: bool, postnorm: bool, norm: str,
-                 eps: float, subln: bool, swiglu: bool, rope: VisionRope | None, drop_path: float,
+                 eps: float, subln: bool, swiglu: bool, drop_path: float,
                  ls_init_value: float | None):
         super().__init__()
         self.postnorm = postnorm
         self.norm1 = make_norm(norm, dim, eps)
-        self.attn = Attention(dim, heads, qkv_bias, subln, norm, eps, rope)
+        self.attn = Attention(dim, heads, qkv_bias, subln, norm, eps)
         self.norm2 = make_norm(norm, dim, eps)
         self.mlp = SwiGLU(dim, mlp_hidden, subln, norm, eps) if swiglu else Mlp(dim, mlp_hidden, subln)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -216,11 +220,11 @@ class Block(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.postnorm:
-            a = self.norm1(self.attn(x, keep))
+            a = self.norm1(self.attn(x, rope))
         else:
-            a = self.attn(self.norm1(x), keep)
+            a = self.attn(self.norm1(x), rope)
         x = x + self.drop_path(a if self.gamma_1 is None else self.gamma_1 * a)
         m = self.norm2(self.mlp(x)) if self.postnorm else self.mlp(self.norm2(x))
         return x + self.drop_path(m if self.gamma_2 is None else self.gamma_2 * m)

@@ -59,7 +59,7 @@ class EVAVisionTransformer(nn.Module):
         dpr = [rate * i / (cfg.layers - 1) if cfg.layers > 1 else 0.0 for i in range(cfg.layers)]
         self.blocks = nn.ModuleList(
             Block(cfg.width, cfg.heads, cfg.mlp_hidden, qkv_bias=cfg.qkv_bias, postnorm=cfg.postnorm, norm=norm,
-                  eps=eps, subln=cfg.subln, swiglu=cfg.naiveswiglu, rope=self.rope, drop_path=dpr[i],
+                  eps=eps, subln=cfg.subln, swiglu=cfg.naiveswiglu, drop_path=dpr[i],
                   ls_init_value=cfg.ls_init_value)
             for i in range(cfg.layers))
         if cfg.global_average_pool:
@@ -146,11 +146,13 @@ class EVAVisionTransformer(nn.Module):
         keep = None
         if self.training and self.patch_dropout > 0 and not return_all_tokens:
             x, keep = patch_dropout(x, self.patch_dropout)
+        # RoPE tables once per forward, for the positions that survived patch dropout; every block uses them.
+        rope = self.rope.tables(keep) if self.rope is not None else None
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, keep, use_reentrant=False)
+                x = checkpoint(blk, x, rope, use_reentrant=False)
             else:
-                x = blk(x, keep)
+                x = blk(x, rope)
         if return_all_tokens:
             return self.norm(x)  # Identity when global_average_pool
         if self.fc_norm is not None:  # the official mean includes the cls token

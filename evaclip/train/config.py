@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from evaclip.data.config import DataConfig, DataSource, parse_sources
+from evaclip.data.config import DataConfig, parse_sources
 from evaclip.errors import ConfigError
 from evaclip.train.optim import OptimConfig
 
@@ -329,21 +329,3 @@ def apply_overrides(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
     cfg.validate()
     return cfg
 
-
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Rebuild a TrainConfig saved with ``to_dict`` (e.g. from a checkpoint's ``config.json``)."""
-    def build(cls, values):
-        kwargs = {}
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name not in values:
-                continue
-            v = values[f.name]
-            hint = hints[f.name]
-            if dataclasses.is_dataclass(hint) and isinstance(v, dict):
-                v = build(hint, v)
-            elif f.name == "sources":
-                v = [DataSource(**s) for s in v]
-            kwargs[f.name] = v
-        return cls(**kwargs)
-    return build(TrainConfig, data)

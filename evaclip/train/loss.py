@@ -21,12 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaclip.errors import ConfigError
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from evaclip.train.distributed import get_rank, get_world_size
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -131,7 +126,7 @@ class ClipLoss(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(logits_per_image, logits_per_text, labels)`` for this rank."""
         _check_pair(image_features, text_features)
-        rank, world_size = _rank_and_world()
+        rank, world_size = get_rank(), get_world_size()
         b = image_features.shape[0]
         all_img = gather_features(image_features, with_grad=self.gather_with_grad, world_size=world_size, rank=rank)
         all_txt = gather_features(text_features, with_grad=self.gather_with_grad, world_size=world_size, rank=rank)
@@ -191,7 +186,7 @@ class SigLipLoss(nn.Module):
     ) -> torch.Tensor:
         """Loss for this rank; ``logit_scale`` is the multiplier itself (``exp`` of the parameter)."""
         _check_pair(image_features, text_features)
-        rank, world_size = _rank_and_world()
+        rank, world_size = get_rank(), get_world_size()
         b = image_features.shape[0]
         all_txt = gather_features(text_features, with_grad=True, world_size=world_size, rank=rank)
         logits = (logit_scale * image_features @ all_txt.T + logit_bias).float()
@@ -201,9 +196,3 @@ class SigLipLoss(nn.Module):
         signs[torch.arange(b, device=logits.device), cols] = 1.0
         return -F.logsigmoid(signs * logits).sum() / b
 
-
-def clamp_logit_scale_(logit_scale: torch.Tensor, max_scale: float = 100.0) -> None:
-    """Clamp a learnable log-scale in place to ``[0, ln max_scale]`` (the official code does it every step,
-    so the temperature never drops below ``1 / max_scale``)."""
-    with torch.no_grad():
-        logit_scale.clamp_(0.0, math.log(max_scale))

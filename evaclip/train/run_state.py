@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from evaclip.errors import TrainingError
+from evaclip.train.distributed import barrier, get_rank, get_world_size
 
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -105,17 +105,6 @@ def _single_process_quiet():
         yield
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
@@ -134,7 +123,7 @@ def save(out_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torc
 
     from evaclip.train import faults
 
-    rank, world = _world()
+    rank, world = get_rank(), get_world_size()
     root = checkpoint_root(out_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f"step_{step:08d}.partial"
@@ -143,20 +132,20 @@ def save(out_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torc
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-        _barrier()
+        barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
         with _single_process_quiet():
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
         faults.maybe_fail("checkpoint_write", step)
         _write_json(tmp / f"rank_{rank:05d}.json", {"rank_state": rank_state, "rng": _rng_state()})
-        _barrier()
+        barrier()
         if rank == 0:
             _write_json(tmp / "meta.json", dict(meta, step=step, world_size=world))
             if final.exists():  # a checkpoint of the same step from an earlier, interrupted attempt
                 shutil.rmtree(final)
             os.rename(tmp, final)
             _prune(root, keep)
-        _barrier()
+        barrier()
     except (OSError, CheckpointException) as e:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -203,7 +192,7 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     path = Path(path)
-    rank, world = _world()
+    rank, world = get_rank(), get_world_size()
     _check_metadata(path)
     meta = json.loads((path / "meta.json").read_text())
     if meta.get("world_size", 1) != world:

@@ -164,10 +164,9 @@ class ClipTask(Task):
         return loss, {"logit_scale": scale}
 
     def after_step(self, model: nn.Module) -> None:
-        scale = unwrap(model).logit_scale
-        if scale.requires_grad:  # the official post-step clamp: temperature never below 0.01
-            with torch.no_grad():
-                scale.clamp_(0, math.log(100.0))
+        clip = unwrap(model)
+        if clip.logit_scale.requires_grad:  # a fixed temperature is left where the config put it
+            clip.clamp_logit_scale()
 
     def export(self, full_state_dict: dict[str, torch.Tensor], out_dir: Path) -> list[Path]:
         return self._write_export(full_state_dict, out_dir, {"format": "evaclip-training-layout"})

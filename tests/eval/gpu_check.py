@@ -69,8 +69,8 @@ def check_zeroshot_cuda(tmp: Path):
     import evaclip
     from eval_helpers import shapes
     from evaclip.eval.benchmarks import default_templates
-    from evaclip.eval.datasets import load_classification, make_loader
-    from evaclip.eval.features import encode_image_batches
+    from evaclip.eval.datasets import load_classification
+    from evaclip.eval.features import encode_image_batches, image_loader
     from evaclip.eval.zeroshot import evaluate_zeroshot_classification
     from evaclip.transforms import image_transform
 
@@ -81,11 +81,11 @@ def check_zeroshot_cuda(tmp: Path):
     tok = evaclip.get_tokenizer("evaclip-tiny")
     data = load_classification(tmp, image_transform(model.visual.image_size, False, resize_mode="squash"))
     templates = default_templates("cifar10")
-    f_cpu, _ = encode_image_batches(model, make_loader(data.dataset, 16, 2))
-    cpu = evaluate_zeroshot_classification(model, tok, make_loader(data.dataset, 16, 2), data.classnames, templates)
+    f_cpu, _ = encode_image_batches(model, image_loader(data.dataset, 16, 2))
+    cpu = evaluate_zeroshot_classification(model, tok, image_loader(data.dataset, 16, 2), data.classnames, templates)
     model = model.cuda()
-    f_gpu, _ = encode_image_batches(model, make_loader(data.dataset, 16, 2), device="cuda", amp=True)
-    gpu = evaluate_zeroshot_classification(model, tok, make_loader(data.dataset, 16, 2), data.classnames,
+    f_gpu, _ = encode_image_batches(model, image_loader(data.dataset, 16, 2), device="cuda", amp=True)
+    gpu = evaluate_zeroshot_classification(model, tok, image_loader(data.dataset, 16, 2), data.classnames,
                                            templates, device="cuda", amp=True)
     cos = (f_cpu * f_gpu).sum(-1)
     print(f"zero-shot evaclip-tiny: cpu fp32 {cpu}, cuda bf16 {gpu}; feature cosine min {cos.min():.5f}")

@@ -8,7 +8,8 @@ import torch
 import evaclip
 from evaclip.cli.main import main
 from evaclip.eval.benchmarks import default_templates
-from evaclip.eval.datasets import load_classification, make_loader
+from evaclip.eval.datasets import load_classification
+from evaclip.eval.features import image_loader
 from evaclip.eval.zeroshot import evaluate_zeroshot_classification
 
 from eval_helpers import shapes
@@ -48,7 +49,7 @@ def test_zeroshot_classification_cli_matches_api_and_resumes(tmp_path, capsys):
     tok = evaclip.get_tokenizer("evaclip-tiny")
     for mode, metrics in result["metrics_by_transform"].items():
         data = load_classification(data_dir, transforms.image_transform(model.visual.image_size, False, resize_mode=mode))
-        ref = evaluate_zeroshot_classification(model, tok, make_loader(data.dataset, 3), data.classnames,
+        ref = evaluate_zeroshot_classification(model, tok, image_loader(data.dataset, 3), data.classnames,
                                                default_templates("imagenet1k"))
         assert metrics["acc1"] == pytest.approx(ref["acc1"])
         assert metrics["mean_per_class_recall"] == pytest.approx(ref["mean_per_class_recall"])
@@ -122,7 +123,6 @@ def test_video_cli(tmp_path):
 
 def test_ranks_share_a_sweep_under_torchrun(tmp_path):
     import os
-    import subprocess
     import sys
     for name in ("a", "b", "c"):
         image_folder(tmp_path / name, n=1)

@@ -9,7 +9,8 @@ import torch
 
 from evaclip.errors import DatasetError
 from evaclip.eval.benchmarks import default_classnames, imagenet_wnids
-from evaclip.eval.datasets import detect_layout, load_classification, load_retrieval, make_loader
+from evaclip.eval.datasets import detect_layout, load_classification, load_retrieval
+from evaclip.eval.features import image_loader
 from evaclip.eval.metrics import classification_metrics
 from evaclip.eval.zeroshot import evaluate_zeroshot_classification
 from evaclip.tokenizer import tokenize
@@ -56,7 +57,7 @@ def numpy_metrics(model, samples, classnames, templates):
 
 
 def check_against_numpy(model, data, samples_in_order, classnames, templates):
-    loader = make_loader(data.dataset, batch_size=4, workers=0)
+    loader = image_loader(data.dataset, batch_size=4, workers=0)
     metrics = evaluate_zeroshot_classification(model, tokenize, loader, data.classnames, templates)
     logits, labels = numpy_metrics(model, samples_in_order, classnames, templates)
     ref = classification_metrics(logits, labels)
@@ -79,8 +80,8 @@ def test_image_folder_end_to_end(tmp_path, toy_model):
                         key=lambda t: (t[0], f"{t[2]}.png"))
     check_against_numpy(toy_model, data, [(y, img) for y, img, _ in relabelled], data.classnames, TEMPLATES)
     # the loader gives the same batches with worker processes
-    b0 = next(iter(make_loader(data.dataset, batch_size=9, workers=2)))
-    b1 = next(iter(make_loader(data.dataset, batch_size=9, workers=0)))
+    b0 = next(iter(image_loader(data.dataset, batch_size=9, workers=2)))
+    b1 = next(iter(image_loader(data.dataset, batch_size=9, workers=0)))
     assert (b0[0] == b1[0]).all() and (b0[1] == b1[1]).all()
 
 
@@ -257,12 +258,12 @@ def test_a_model_that_knows_colours_is_always_right_on_every_layout(tmp_path):
     (tmp_path / "csv" / "classnames.txt").write_text("\n".join(CLASSES))
     for root in ("folder", "wds", "csv"):
         data = load_classification(tmp_path / root, tiny_transform)
-        m = evaluate_zeroshot_classification(model, tokenize, make_loader(data.dataset, 4), data.classnames,
+        m = evaluate_zeroshot_classification(model, tokenize, image_loader(data.dataset, 4), data.classnames,
                                              ["a {c} shape"])
         assert m["acc1"] == 1.0 and m["mean_per_class_recall"] == 1.0, root
     # and a wrong class-name order is caught: the same data with the names reversed scores worse
     data = load_classification(tmp_path / "folder", tiny_transform)
-    m = evaluate_zeroshot_classification(model, tokenize, make_loader(data.dataset, 4), data.classnames[::-1],
+    m = evaluate_zeroshot_classification(model, tokenize, image_loader(data.dataset, 4), data.classnames[::-1],
                                          ["a {c} shape"])
     assert m["acc1"] < 0.5
 
@@ -297,7 +298,7 @@ def test_voc_devkit_is_multilabel_with_difficult_flagged(tmp_path, toy_model):
     expected[0, data.classnames.index("green")] = expected[4, data.classnames.index("blue")] = 1
     expected[1, data.classnames.index("blue")] = expected[7, data.classnames.index("red")] = -1
     assert (data.multilabel_targets.numpy() == expected).all()
-    loader = make_loader(data.dataset, batch_size=4, workers=0)
+    loader = image_loader(data.dataset, batch_size=4, workers=0)
     metrics = evaluate_zeroshot_classification(toy_model, tokenize, loader, data.classnames, TEMPLATES)
     reread = [(y, Image.open(root / "JPEGImages" / f"{i:06d}.jpg")) for i, (y, _) in enumerate(samples)]
     logits, _ = numpy_metrics(toy_model, reread, data.classnames, TEMPLATES)

@@ -48,7 +48,9 @@ def test_retrieval_end_to_end_matches_numpy(tmp_path, toy_model):
 def test_search_peak_finds_unimodal_maximum_with_few_evaluations():
     for peak in (0, 5, 37, 50, 96):
         calls = []
-        score = lambda i, p=peak: (calls.append(i), -abs(i - p))[1]
+        def score(i, p=peak):
+            calls.append(i)
+            return -abs(i - p)
         assert search_peak(score, n=97) == peak
         assert len(set(calls)) < 20  # 7 coarse points + a few bisection steps, not all 97
 

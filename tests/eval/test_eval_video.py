@@ -2,13 +2,12 @@
 import numpy as np
 import pytest
 
-av = pytest.importorskip("av")
-
+from eval_helpers import COLORS, np_normalize, tiny_transform, to_array
 from evaclip.errors import DatasetError
 from evaclip.eval.video import decode_frames, evaluate_video_classification, frame_indices, load_video_folder
 from evaclip.tokenizer import tokenize
 
-from eval_helpers import COLORS, np_normalize, tiny_transform, to_array
+av = pytest.importorskip("av")  # evaclip.eval.video imports PyAV only when it decodes
 
 
 def write_video(path, colors, size=32):

@@ -6,7 +6,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from evaclip.errors import ConfigError, DatasetError
-from evaclip.eval.datasets import load_classification, make_loader
+from evaclip.eval.datasets import load_classification
+from evaclip.eval.features import image_loader
 from evaclip.eval.results import table_rows
 from evaclip.eval.runner import EvalOptions, evaluate, resolve_dataset
 from evaclip.eval.zeroshot import evaluate_zeroshot_classification
@@ -60,7 +61,7 @@ def write_devkit(base, images=IMAGES, split="test"):
 
 
 def test_one_sample_per_object_labelled_by_its_class(tmp_path):
-    base = write_devkit(tmp_path / "VOCdevkit" / "VOC2007")
+    write_devkit(tmp_path / "VOCdevkit" / "VOC2007")
     data = load_classification(tmp_path, tiny_transform, dataset="voc2007")
     assert data.classnames == ["blue", "green", "red"]
     # 6 objects in image then annotation order; the difficult green object and the truncated blues count too
@@ -90,7 +91,7 @@ def test_zero_shot_top1_against_a_hand_count(tmp_path):
     per-class recall blue 2/3, green 2/2, red 1/1."""
     write_devkit(tmp_path)
     data = load_classification(tmp_path, tiny_transform, dataset="voc2007")
-    m = evaluate_zeroshot_classification(ColorCLIP(), tokenize, make_loader(data.dataset, 4), data.classnames,
+    m = evaluate_zeroshot_classification(ColorCLIP(), tokenize, image_loader(data.dataset, 4), data.classnames,
                                          ["a photo of a {c}."])
     assert m["acc1"] == pytest.approx(5 / 6)
     assert m["mean_per_class_recall"] == pytest.approx((2 / 3 + 1 + 1) / 3)

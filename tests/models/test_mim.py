@@ -85,8 +85,9 @@ def test_teacher_targets_are_normed_projected_patches_and_pooled_embedding(teach
     v = teacher_clip.visual.eval()
     with torch.no_grad():
         x = torch.cat((v.cls_token.expand(3, -1, -1), v.patch_embed(images)), 1) + v.pos_embed
+        rope = v.rope.tables() if v.rope is not None else None
         for blk in v.blocks:
-            x = blk(x)
+            x = blk(x, rope)
         manual = v.norm(x[:, 1:]) @ v.head.weight.T + v.head.bias
         torch.testing.assert_close(patch, manual, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(pooled, teacher_clip.encode_image(images), rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import evaclip
-from evaclip.models.layers import Attention, Block, Mlp, RMSNorm, SwiGLU, VisionRope, patch_dropout
+from evaclip.models.layers import Attention, Block, Mlp, RMSNorm, SwiGLU, VisionRope, apply_rope, patch_dropout
 
 # ---------------------------------------------------------------------------------------------------------
 # references
@@ -184,13 +184,13 @@ def test_rope_matches_naive_rotation(grid, pt):
     rope = VisionRope(head_dim, pt_seq_len=pt, ft_seq_len=grid).double()
     x = torch.randn(2, 3, grid * grid, head_dim, dtype=torch.float64)
     expected = naive_rope(x, grid_positions(grid, pt))
-    torch.testing.assert_close(rope(x), expected, **FP32)
+    torch.testing.assert_close(apply_rope(x, rope.tables()), expected, **FP32)
 
 
 def test_rope_without_ft_uses_the_pretraining_grid():
     rope = VisionRope(8, pt_seq_len=3).double()
     x = torch.randn(1, 1, 9, 8, dtype=torch.float64)
-    torch.testing.assert_close(rope(x), naive_rope(x, grid_positions(3, 3)), **FP32)
+    torch.testing.assert_close(apply_rope(x, rope.tables()), naive_rope(x, grid_positions(3, 3)), **FP32)
 
 
 def test_rope_with_patch_dropout_keep_indices_gathers_per_sample():
@@ -199,7 +199,7 @@ def test_rope_with_patch_dropout_keep_indices_gathers_per_sample():
     keep = torch.tensor([[5, 0, 15, 9], [3, 12, 1, 7]])  # different subsets, in random order
     x = torch.randn(2, 2, 4, head_dim, dtype=torch.float64)
     pos = grid_positions(grid, pt)
-    out = rope(x, keep)
+    out = apply_rope(x, rope.tables(keep))
     for b in range(2):
         expected = naive_rope(x[b], [pos[i] for i in keep[b].tolist()])
         torch.testing.assert_close(out[b], expected, **FP32)
@@ -209,21 +209,49 @@ def test_attention_with_rope_skips_the_cls_token():
     grid, pt, dim, heads = 3, 16, 32, 2
     rope = VisionRope(dim // heads, pt_seq_len=pt, ft_seq_len=grid).double()
     for subln in (False, True):
-        attn = randomize_(Attention(dim, heads, True, subln, "layernorm", 1e-6, rope=rope)).double()
+        attn = randomize_(Attention(dim, heads, True, subln, "layernorm", 1e-6)).double()
         x = torch.randn(2, 1 + grid * grid, dim, dtype=torch.float64)
         pos = grid_positions(grid, pt)
-        torch.testing.assert_close(attn(x), ref_attention(attn, x, [pos, pos]), **FP32)
+        torch.testing.assert_close(attn(x, rope.tables()), ref_attention(attn, x, [pos, pos]), **FP32)
         # with keep indices (after patch dropout): 1 cls + 4 kept patches per sample
         keep = torch.tensor([[8, 2, 4, 0], [1, 3, 5, 7]])
         xk = torch.randn(2, 5, dim, dtype=torch.float64)
         positions = [[pos[i] for i in row.tolist()] for row in keep]
-        torch.testing.assert_close(attn(xk, keep), ref_attention(attn, xk, positions), **FP32)
+        torch.testing.assert_close(attn(xk, rope.tables(keep)), ref_attention(attn, xk, positions), **FP32)
     # RoPE changes the result (so the comparison above can fail); a rotation at position 0 is the identity,
     # so "cls not rotated" is the same as "cls at position (0, 0)", and patches must start at row/col 0.
     x = torch.randn(1, 1 + grid * grid, dim, dtype=torch.float64)
-    assert not torch.allclose(attn(x), ref_attention(attn, x, None))
+    assert not torch.allclose(attn(x, rope.tables()), ref_attention(attn, x, None))
     shifted = [[(r + 1, c) for r, c in pos]]
-    assert not torch.allclose(attn(x), ref_attention(attn, x, shifted))
+    assert not torch.allclose(attn(x, rope.tables()), ref_attention(attn, x, shifted))
+
+
+def test_tower_with_patch_dropout_rotates_each_kept_patch_by_its_own_position():
+    """The tower computes the RoPE tables once, after patch dropout; each block must still see every kept
+    patch rotated by the position it came from (checked block by block against the naive rotation)."""
+    grid, pt = 4, 16
+    cfg = evaclip.get_model_config({"embed_dim": 16, "vision_cfg": {
+        "image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16, "rope": True,
+        "pt_hw_seq_len": pt, "intp_freq": True, "subln": True, "naiveswiglu": True, "patch_dropout": 0.5},
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}})
+    tower = evaclip.create_model(cfg).visual.double().train()
+    images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    torch.manual_seed(7)
+    out = tower.forward_features(images)
+
+    # The reference: the same kept patches (same seed), then each block by hand with naive rotations.
+    x = tower.embed(images)
+    x = torch.cat((tower.cls_token.expand(3, -1, -1), x), dim=1) + tower.pos_embed
+    torch.manual_seed(7)
+    x, keep = patch_dropout(x, 0.5)
+    assert len({tuple(sorted(k)) for k in keep.tolist()}) > 1  # the samples kept different patches
+    pos = grid_positions(grid, pt)
+    positions = [[pos[i] for i in row] for row in keep.tolist()]
+    for blk in tower.blocks:
+        a = ref_attention(blk.attn, blk.norm1(x), positions)
+        x = x + a
+        x = x + blk.mlp(blk.norm2(x))
+    torch.testing.assert_close(out, tower.norm(x[:, 0]), **FP32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,7 +277,7 @@ def test_mlp_and_swiglu_formulas():
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
 def test_pre_norm_and_res_post_norm_blocks(norm):
     x = torch.randn(2, 6, 32, dtype=torch.float64)
-    kw = dict(qkv_bias=True, norm=norm, eps=1e-6, subln=False, swiglu=False, rope=None, drop_path=0.0,
+    kw = dict(qkv_bias=True, norm=norm, eps=1e-6, subln=False, swiglu=False, drop_path=0.0,
               ls_init_value=None)
     pre = randomize_(Block(32, 4, 64, postnorm=False, **kw), seed=1).double()
     post = randomize_(Block(32, 4, 64, postnorm=True, **kw), seed=1).double()
@@ -336,8 +364,9 @@ def test_patch_dropout_output_equals_running_on_the_kept_tokens_in_order():
         tokens = torch.cat((vis.cls_token.expand(3, -1, -1), vis.patch_embed(images)), dim=1) + vis.pos_embed
         patches = torch.stack([tokens[b, 1:][keep_sorted[b]] for b in range(3)])
         x = torch.cat((tokens[:, :1], patches), dim=1)
+        rope = vis.rope.tables(keep_sorted)
         for blk in vis.blocks:
-            x = blk(x, keep_sorted)
+            x = blk(x, rope)
         expected = vis.head(vis.norm(x[:, 0]))
     torch.testing.assert_close(out, expected, **EXACT)
 

@@ -120,6 +120,10 @@ def test_logit_scale_init_clamp_and_fixed_temperature():
         m.logit_scale.fill_(-1.0)
     m.clamp_logit_scale()
     assert m.logit_scale.item() == 0.0
+    with torch.no_grad():
+        m.logit_scale.fill_(1.5)
+    m.clamp_logit_scale()
+    assert m.logit_scale.item() == 1.5  # inside [0, ln 100]: untouched
     cfg.learn_logit_scale, cfg.init_logit_scale = False, math.log(100)
     fixed = evaclip.create_model(cfg)
     assert not fixed.logit_scale.requires_grad and fixed.logit_scale.exp().item() == pytest.approx(100)

@@ -2,7 +2,6 @@
 the losses that rank 0 logs at every step (the global-batch loss, not rank 0's local share) and all parameters
 after a few LAMB steps, for DDP and FSDP2."""
 import os
-import subprocess
 import sys
 from pathlib import Path
 

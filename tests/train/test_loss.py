@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evaclip.errors import ConfigError
-from evaclip.train.loss import ClipLoss, SigLipLoss, caption_ids, clamp_logit_scale_
+from evaclip.train.loss import ClipLoss, SigLipLoss, caption_ids
 
 
 def naive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -108,18 +108,6 @@ def test_bad_inputs_raise_config_error() -> None:
         ClipLoss()(torch.zeros(4, 3), torch.zeros(5, 3), 1.0)
     with pytest.raises(ConfigError, match="equal shapes"):
         SigLipLoss()(torch.zeros(4), torch.zeros(4), 1.0, 0.0)
-
-
-def test_clamp_logit_scale_bounds_temperature() -> None:
-    p = torch.nn.Parameter(torch.tensor([7.0]))
-    clamp_logit_scale_(p)
-    assert p.item() == pytest.approx(math.log(100.0))
-    p.data.fill_(-1.0)
-    clamp_logit_scale_(p)
-    assert p.item() == 0.0
-    p.data.fill_(1.5)
-    clamp_logit_scale_(p)
-    assert p.item() == 1.5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import subprocess
 import sys
 import tarfile
 import io

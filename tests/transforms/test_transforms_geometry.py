@@ -158,7 +158,9 @@ def test_random_crop_log_uniform_ratio_and_uniform_area():
 
 
 def test_random_crop_is_reproducible():
-    boxes = lambda g: [random_resized_crop_box(640, 480, (0.9, 1.0), (3 / 4, 4 / 3), g) for _ in range(20)]
+    def boxes(g):
+        return [random_resized_crop_box(640, 480, (0.9, 1.0), (3 / 4, 4 / 3), g) for _ in range(20)]
+
     assert boxes(torch.Generator().manual_seed(5)) == boxes(torch.Generator().manual_seed(5))
     assert boxes(torch.Generator().manual_seed(5)) != boxes(torch.Generator().manual_seed(6))
     torch.manual_seed(5)  # generator=None draws from the global RNG, as torchvision does

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 
 from evaclip.data.config import DataConfig, DataSource
-from evaclip.models.weak_to_strong import WEAK_TO_STRONG_SKIP
+from evaclip.models.checkpoint import WEAK_TO_STRONG_SKIP
 from evaclip.train.config import ModelSection, ScheduleSection, TrainConfig
 from evaclip.train.optim import OptimConfig
 from evaclip.train.recipes import register

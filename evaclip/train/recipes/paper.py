@@ -24,7 +24,7 @@ official runs computed it per ZeRO-3 flat partition (docs/lamb_under_sharding.md
 from __future__ import annotations
 
 from evaclip.data.config import DataConfig, DataSource
-from evaclip.models.weak_to_strong import WEAK_TO_STRONG_SKIP
+from evaclip.models.checkpoint import WEAK_TO_STRONG_SKIP
 from evaclip.errors import ConfigError
 from evaclip.train.config import EvalSection, ModelSection, ScheduleSection, TrainConfig
 from evaclip.train.optim import OptimConfig
