@@ -24,7 +24,7 @@ venv: $(STAMP)
 
 # Lint first: an unused import or undefined name fails in seconds, not after the suite.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check evaclip tests benchmarks scripts
+	$(VENV)/bin/ruff check evaclip evaclip_demo tests benchmarks scripts
 
 test: $(STAMP) browser-deps lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests

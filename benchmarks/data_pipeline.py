@@ -1,7 +1,7 @@
 """Data pipeline throughput per worker vs the trainer's consumption, and the measured data-wait share.
 
 Three measurements, at the demo settings (batch 128, context 32, one loader worker, the train transform at
-the model's image size; ``evaclip.train.recipes.demo``):
+the model's image size; ``evaclip_demo.recipes``):
 
 1. Pipeline images/s of ONE worker: ``evaclip.data.make_loader`` with ``num_workers=0`` (decode + augment +
    tokenize + collate in this process), on the offline training shards (``data_cache/offline/train``) or,

@@ -1,4 +1,4 @@
-"""bf16 MFU of a ViT-g-size EVA-CLIP training step under FSDP2 on one GPU (issue 6, item 4).
+"""bf16 MFU of a ViT-g-size EVA-CLIP training step under FSDP2 on one GPU.
 
 The model is EVA01-CLIP-g-14 (vision: width 1408, 40 layers, 16 heads, MLP 6144, patch 14 at 224 px; text:
 width 768, 12 layers, context 77; 1.14B parameters), built on the meta device and initialised on the GPU.

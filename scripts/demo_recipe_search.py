@@ -40,7 +40,7 @@ PLAIN_VIT = {
 }
 
 # The shipped teacher with a two-layer MLP text projection (open_clip's ``proj: mlp``) instead of a linear one.
-MLP_PROJ = {**json.loads((REPO / "evaclip/models/model_configs/demo-teacher.json").read_text())}
+MLP_PROJ = {**json.loads((REPO / "evaclip_demo/model_configs/demo-teacher.json").read_text())}
 MLP_PROJ["text_cfg"] = {**MLP_PROJ["text_cfg"], "proj": "mlp"}
 MODEL_VARIANTS = {"plain": PLAIN_VIT, "mlp_proj": MLP_PROJ}
 
@@ -148,12 +148,12 @@ def _style(files: dict[str, bytes]) -> str | None:
 
 
 def run_candidate(name: str, overrides: dict, split: Path, out: Path, seed: int) -> dict:
-    from evaclip.demo.evaluate import load_model
+    from evaclip_demo.evaluate import load_model
     from evaclip.eval.datasets import load_retrieval
     from evaclip.eval.retrieval import evaluate_zeroshot_retrieval
     from evaclip.train.config import apply_overrides
     from evaclip.train.recipes import get_recipe
-    from evaclip.train.recipes.demo import train_sources
+    from evaclip_demo.recipes import train_sources
     from evaclip.train.trainer import train
     from evaclip.transforms import image_transform
 

@@ -24,9 +24,9 @@ HEADLINE = ("zeroshot/tuxpaint/acc1", "zeroshot/noto/acc1", "retrieval/openclipa
 
 
 def main() -> None:
-    from evaclip.demo.evaluate import evaluate_model
-    from evaclip.demo.pipeline import Budget, _stage_config, run_stage
-    from evaclip.train.recipes.demo import TEACHER_STEPS
+    from evaclip_demo.evaluate import evaluate_model
+    from evaclip_demo.stages import Budget, _stage_config, run_stage
+    from evaclip_demo.recipes import TEACHER_STEPS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="an `evaclip data prepare` output folder")

@@ -134,7 +134,7 @@ def run(args) -> int:
         raise ConfigError("evaclip eval needs --model and --dataset (or: evaclip eval report RESULTS_DIR)")
     _check_values(args)
     import evaclip
-    from evaclip.eval.benchmarks import expand_collections
+    from evaclip.eval.catalog import expand_collections
     from evaclip.eval.features import nonfinite_weights, poison_features
     from evaclip.eval.results import output_path, write_result
     from evaclip.eval.runner import EvalOptions, check_linear_probe_splits, evaluate, rank_share, resolve_dataset

@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module of this package, which defines
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their command runs, so
-``evaclip models`` does not pay for importing the trainer.
+``evaclip models`` does not pay for importing the trainer. Installed extensions add commands through the
+``evaclip.commands`` entry points (:mod:`evaclip.plugins`); their modules also define ``HELP``, the one-line help.
+The demo's ``evaclip demo`` and ``evaclip data prepare`` come this way from ``evaclip_demo``.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import importlib
 import os
 import sys
 
+from evaclip import plugins
 from evaclip.errors import EvaclipError
 
 # command name -> (module, one-line help)
@@ -20,12 +23,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("evaclip.cli.convert", "convert a checkpoint (any layout) to safetensors, official, open_clip or hf"),
     "train": ("evaclip.cli.train", "train with a recipe: evaclip train RECIPE [key=value ...]"),
     "eval": ("evaclip.cli.eval", "zero-shot classification, retrieval, video, linear probe; reports"),
-    "data": ("evaclip.cli.data", "prepare the offline demo datasets"),
     "plan": ("evaclip.cli.plan", "memory and time plan for training a model on a GPU cluster"),
-    "demo": ("evaclip.cli.demo", "the weak-to-strong demo on offline data, end to end"),
     "index": ("evaclip.cli.index", "build or update a semantic image search index of a collection"),
     "serve": ("evaclip.cli.serve", "serve a search index: HTTP API and web page (127.0.0.1 by default)"),
 }
+
+
+
+
+def _commands() -> dict[str, tuple[str, str]]:
+    """The built-in commands, then those of installed extensions (a built-in name wins)."""
+    table = dict(COMMANDS)
+    for name, module_name in plugins.commands().items():
+        if name not in table:
+            module = _import(module_name)
+            table[name] = (module_name, getattr(module, "HELP", "") if module else "(not importable)")
+    return table
+
+
+def _import(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name):
+            return None
+        raise
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,24 +57,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"evaclip {self.prog.split(' ', 1)[-1]}: error: {message} (see --help)\n")
 
 
-def _load(name: str):
-    module_name, _ = COMMANDS[name]
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name == module_name:
-            return None
-        raise
-
-
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None, table: dict[str, tuple[str, str]] | None = None
+                 ) -> argparse.ArgumentParser:
+    table = _commands() if table is None else table
     parser = _Parser(prog="evaclip", description="EVA-CLIP: models, training, weak-to-strong, evaluation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (module_name, help_text) in table.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         # Only the command being run needs its full argument list (and its imports).
         if command == name:
-            module = _load(name)
+            module = _import(module_name)
             if module is not None:
                 module.add_arguments(p)
     return parser
@@ -61,16 +75,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    if command is not None and command not in COMMANDS:
-        print(f"evaclip: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}",
+    table = _commands()
+    if command is not None and command not in table:
+        print(f"evaclip: error: unknown command {command!r}; choose one of: {', '.join(table)}",
               file=sys.stderr)
         return 2
-    parser = build_parser(command)
+    parser = build_parser(command, table)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    module = _load(args.command)
+    module = _import(table[args.command][0])
     if module is None:
         print(f"evaclip: error: the {args.command!r} command is not available in this version", file=sys.stderr)
         return 2

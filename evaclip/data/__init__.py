@@ -16,7 +16,7 @@ __all__ = ["DataConfig", "DataSource", "parse_sources", "make_loader", "TrainLoa
 
 
 def __getattr__(name):
-    # Lazy: the pipeline imports torch, which `evaclip.data.offline` and the shard tools do not need.
+    # Lazy: the pipeline imports torch, which the shard tools and the demo data builder do not need.
     if name in ("make_loader", "TrainLoader", "global_skip_counts"):
         from evaclip.data import pipeline
         return getattr(pipeline, name)

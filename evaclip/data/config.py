@@ -32,6 +32,9 @@ class DataConfig:
     """How to read training data. `batch_size` is per rank; batches are always full (no partial batch)."""
 
     sources: list[DataSource] = field(default_factory=list)
+    # Mixing weights in the order of `sources`, replacing the sources' own (`data.weights=1.6,0.4` next to
+    # `data.sources=A::B` on the command line); None keeps each source's weight.
+    weights: list[float] | None = None
     batch_size: int = 32
     num_workers: int = 2
     # Shards drawn with replacement, each worker with its own seed (the paper's --dataset-resampled); False
@@ -64,6 +67,12 @@ class DataConfig:
         self.sources = normalize_sources(self.sources)
         if not self.sources:
             raise ConfigError("data config has no source; set data.sources (shard pattern, CSV file or image folder)")
+        if self.weights is not None:
+            if len(self.weights) != len(self.sources):
+                raise ConfigError(f"{len(self.weights)} weights given for {len(self.sources)} data sources "
+                                  "(data.weights lists one weight per source of data.sources)")
+            for source, w in zip(self.sources, self.weights):
+                source.weight = w
         for s in self.sources:
             if s.kind not in SOURCE_KINDS:
                 raise ConfigError(f"data source kind {s.kind!r} is not one of {', '.join(SOURCE_KINDS)}")

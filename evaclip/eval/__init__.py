@@ -2,7 +2,7 @@
 
 Modules (each one concept):
     metrics       top-k accuracy, mean per-class recall, retrieval recall@k, mean recall (pure functions)
-    benchmarks    Table 11's datasets, shipped class names / templates (data/*.json), ImageNet-A/R subsets
+    catalog       Table 11's datasets, shipped class names / templates (data/*.json), ImageNet-A/R subsets
     datasets      layout detection and loading (image folder, CSVs, ImageNet folders, CLIP_benchmark wds)
     features      batched image / text encoding
     zeroshot      prompt-ensemble classifier, logits = 100 * image @ classifier^T

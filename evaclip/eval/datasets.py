@@ -41,7 +41,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from evaclip.errors import ConfigError, DatasetError
-from evaclip.eval import benchmarks
+from evaclip.eval import catalog
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 LAYOUTS_HELP = ("a folder of class folders (ROOT/<class>/<image>), a classification CSV (header image,label) "
@@ -256,10 +256,10 @@ def folder_classnames(folders: list[str], dataset: str | None) -> tuple[list[str
         return re.sub(r"[^a-z0-9]", "", s.lower())
     if dataset:
         try:
-            known = benchmarks.default_classnames(dataset)
+            known = catalog.default_classnames(dataset)
         except ConfigError:
             known = []
-        shipped = benchmarks.folder_names(dataset)
+        shipped = catalog.folder_names(dataset)
         if known and shipped and len(shipped) == len(known) and set(folders) <= set(shipped):
             return known, [shipped.index(f) for f in folders]
         index = {norm(c): i for i, c in enumerate(known)}
@@ -316,8 +316,8 @@ def _imagenet_labels(imagenet_index: list[int], dataset: str | None, root: Path,
     """Class names and labels for items given as ImageNet-1K class indices: all 1,000 classes, or the
     benchmark's subset (ImageNet-A/R). ``folders``: the items are that many class folders; 200 folders of a
     dataset of unknown name are taken as such a subset (the classes present, in ImageNet order)."""
-    all_names = benchmarks.default_classnames("imagenet1k")
-    subset = benchmarks.imagenet_subset(dataset) if dataset else None
+    all_names = catalog.default_classnames("imagenet1k")
+    subset = catalog.imagenet_subset(dataset) if dataset else None
     if subset is None and folders == 200 and dataset is None:
         subset = sorted(set(imagenet_index))  # ImageNet-A/R style: the classes present, in ImageNet order
     if subset is None:
@@ -331,7 +331,7 @@ def _imagenet_labels(imagenet_index: list[int], dataset: str | None, root: Path,
 
 
 def _wnid_index(wnids: list[str], where: Path) -> list[int]:
-    position = {w: i for i, w in enumerate(benchmarks.imagenet_wnids())}
+    position = {w: i for i, w in enumerate(catalog.imagenet_wnids())}
     unknown = sorted({w for w in wnids if w not in position})
     if unknown:
         raise DatasetError(f"{where}: {unknown[:3]} are not ImageNet-1K synsets")
@@ -408,7 +408,7 @@ def _load_classification_csv(path: Path, transform: Transform, dataset: str | No
     names_file = path.parent / "classnames.txt"
     templates_file = path.parent / "templates.txt"
     templates = read_lines(templates_file) if templates_file.exists() else None
-    imagenet = set(benchmarks.imagenet_wnids())
+    imagenet = set(catalog.imagenet_wnids())
     if not names_file.exists() and all(label.strip() in imagenet for _, label in rows):
         # ImageNet-1K synsets as labels (e.g. the flat val folder listed in a CSV)
         index = _wnid_index([label.strip() for _, label in rows], path)
@@ -422,7 +422,7 @@ def _load_classification_csv(path: Path, transform: Transform, dataset: str | No
     if names_file.exists():
         classnames = read_lines(names_file)
     elif dataset:
-        classnames = benchmarks.default_classnames(dataset)
+        classnames = catalog.default_classnames(dataset)
     else:
         classnames = sorted({label.strip() for _, label in rows})
         if any(c.lstrip("-").isdigit() for c in classnames):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evaclip.errors import ConfigError
-from evaclip.eval.benchmarks import (BENCHMARKS, IMAGE_CLASSIFICATION, RETRIEVAL, ROBUSTNESS, VIDEO_CLASSIFICATION,
+from evaclip.eval.catalog import (BENCHMARKS, IMAGE_CLASSIFICATION, RETRIEVAL, ROBUSTNESS, VIDEO_CLASSIFICATION,
                                      canonical_name)
 from evaclip.eval.metrics import mean_recall
 from evaclip.eval.robustness import robustness_summary

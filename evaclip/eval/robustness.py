@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from evaclip.eval.benchmarks import ROBUSTNESS
+from evaclip.eval.catalog import ROBUSTNESS
 
 
 def robustness_summary(acc1: dict[str, float]) -> dict[str, float]:

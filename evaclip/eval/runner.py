@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from evaclip.errors import ConfigError, DatasetError
-from evaclip.eval import benchmarks
+from evaclip.eval import catalog
 from evaclip.eval.datasets import (ClassificationData, Transform, check_same_classes, load_classification,
                                    load_retrieval, read_lines, resolve_split)
 from evaclip.eval.features import image_loader
@@ -63,8 +63,8 @@ def resolve_dataset(dataset: str, dataset_root: str | None) -> tuple[str, Path]:
         if not path.exists():
             raise DatasetError(f"{dataset!r} is not an existing path; pass the dataset folder, or a name with "
                                f"--dataset-root DIR (nothing is ever downloaded)")
-        return benchmarks.name_of_folder(path.stem if path.is_file() else path.name), path
-    name = benchmarks.dataset_name(dataset)
+        return catalog.name_of_folder(path.stem if path.is_file() else path.name), path
+    name = catalog.dataset_name(dataset)
     plain = dataset.strip().removeprefix("wds/")
     cleaned = plain.replace("/", "-")
     path = Path(dataset_root.replace("{dataset}", plain).replace("{dataset_cleaned}", cleaned)).expanduser()
@@ -99,7 +99,7 @@ def _classnames_templates(name: str, own_names: list[str], own_templates, opts: 
     if opts.templates_file:
         templates = _read_list_file(opts.templates_file, name, "templates")
     else:
-        templates = own_templates or benchmarks.default_templates(name)
+        templates = own_templates or catalog.default_templates(name)
     return classnames, templates
 
 

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from evaclip.errors import DatasetError
-from evaclip.eval.benchmarks import canonical_name
+from evaclip.eval.catalog import canonical_name
 from evaclip.eval.datasets import ClassificationData, ImageListDataset, Transform, open_image, voc_root
 
 _FLAGS = {"1": 1, "-1": 0, "0": -1}  # devkit flag -> our target value

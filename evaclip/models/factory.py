@@ -1,5 +1,6 @@
-"""One factory for every EVA-CLIP model: names map to JSON configs in ``model_configs/``; paths to JSON files
-in the official format are accepted as-is."""
+"""One factory for every EVA-CLIP model: names map to JSON configs in ``model_configs/`` (and in the folders of
+installed extensions, see :mod:`evaclip.plugins`); paths to JSON files in the official format, Hugging Face port
+folders and run folders (their ``model_config.json``) are accepted as-is."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,10 +11,11 @@ from typing import Callable, Iterable
 import torch
 
 from evaclip.errors import ConfigError, EvaclipError
-from evaclip.models.checkpoint import load_pretrained
+from evaclip.models.checkpoint import RUN_MODEL_CONFIG, load_pretrained
 from evaclip.models.clip import CLIP
 from evaclip.models.config import CLIPConfig, config_from_dict, load_config_file
 from evaclip.models.hf_port import config_from_hf, is_hf_folder
+from evaclip.plugins import model_config_dirs
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 _PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -25,14 +27,23 @@ def _natural_key(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
+def _config_files() -> dict[str, Path]:
+    """Model name -> JSON file: the built-in configs, then those of extensions (a built-in name wins)."""
+    files: dict[str, Path] = {}
+    for folder in (CONFIG_DIR, *model_config_dirs()):
+        for p in sorted(folder.glob("*.json")):
+            files.setdefault(p.stem, p)
+    return files
+
+
 def list_models() -> list[str]:
-    """Names of the built-in model configs."""
-    return sorted((p.stem for p in CONFIG_DIR.glob("*.json")), key=_natural_key)
+    """Names of the model configs: built in, and those of installed extensions."""
+    return sorted(_config_files(), key=_natural_key)
 
 
 def get_model_config(name_or_path: str | Path | dict | CLIPConfig) -> CLIPConfig:
     """A validated config from a built-in name, a JSON file path (official format), a Hugging Face port folder
-    (its ``config.json``), a dict, or a config."""
+    (its ``config.json``), a training run's folder (its ``model_config.json``), a dict, or a config."""
     if isinstance(name_or_path, CLIPConfig):
         name_or_path.validate()
         return name_or_path
@@ -40,11 +51,13 @@ def get_model_config(name_or_path: str | Path | dict | CLIPConfig) -> CLIPConfig
         return config_from_dict(name_or_path)
     name = str(name_or_path)
     name = _ALIASES.get(name, name)
-    builtin = CONFIG_DIR / f"{name.replace('/', '-')}.json"
-    if builtin.is_file():
+    builtin = _config_files().get(name.replace("/", "-"))
+    if builtin is not None:
         return load_config_file(builtin)
     if name.endswith(".json") or Path(name).is_file():
         return load_config_file(name)
+    if (Path(name) / RUN_MODEL_CONFIG).is_file():  # a training run: the architecture it exported
+        return load_config_file(Path(name) / RUN_MODEL_CONFIG)
     if is_hf_folder(Path(name)):  # a Hugging Face port folder (BAAI/EVA-CLIP-8B...): its config.json
         return config_from_dict(config_from_hf(Path(name)), where=f"{name}/config.json")
     close = [m for m in list_models() if name.lower() in m.lower() or m.lower() in name.lower()]
@@ -69,9 +82,11 @@ def create_model(
     """Build an EVA-CLIP model and optionally load weights.
 
     Args:
-        name_or_json: a name from :func:`list_models`, the path of a JSON config (official format), or a Hugging
-            Face port folder (its ``config.json``; pass the folder as ``pretrained`` too for its weights).
-        pretrained: a whole-model checkpoint (any official layout, or an HF port folder), loaded strictly.
+        name_or_json: a name from :func:`list_models`, the path of a JSON config (official format), a Hugging
+            Face port folder (its ``config.json``; pass the folder as ``pretrained`` too for its weights), or a
+            finished training run's folder (its ``model_config.json``; as ``pretrained``, its final weights).
+        pretrained: a whole-model checkpoint (any official layout, an HF port folder or a run folder), loaded
+            strictly.
         pretrained_image: initialise only the vision tower, from a CLIP checkpoint or a vision-only (MIM) file.
         pretrained_text: initialise only the text tower, from a CLIP checkpoint (training or flat layout).
         skip_keys: key prefixes of the towers to leave freshly initialised when loading ``pretrained_image`` /

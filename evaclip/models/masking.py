@@ -31,7 +31,7 @@ RandomSource = np.random.Generator | torch.Generator | int | None
 
 
 @dataclass(frozen=True)
-class Block:
+class MaskRect:
     """A rectangle placed by the generator: rows ``top:top+height``, columns ``left:left+width``."""
 
     top: int
@@ -80,7 +80,7 @@ class BlockMaskGenerator:
         return (f"BlockMaskGenerator(grid={self.grid}, num_masking_patches={self.num_masking_patches}, "
                 f"min_num_patches={self.min_num_patches}, max_num_patches={self.max_num_patches})")
 
-    def _place_block(self, mask: np.ndarray, budget: int, rng: np.random.Generator) -> Block | None:
+    def _place_block(self, mask: np.ndarray, budget: int, rng: np.random.Generator) -> MaskRect | None:
         """Try up to 10 rectangles; mask the first that adds 1..budget new cells. None if all fail."""
         g = self.grid
         for _ in range(_TRIES_PER_BLOCK):
@@ -99,13 +99,13 @@ class BlockMaskGenerator:
             new = h * w - int(window.sum())
             if 0 < new <= budget:
                 window[...] = True
-                return Block(top, left, h, w)
+                return MaskRect(top, left, h, w)
         return None
 
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, list[Block]]:
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, list[MaskRect]]:
         """One (grid, grid) boolean mask and the blocks that built it, in order."""
         mask = np.zeros((self.grid, self.grid), dtype=bool)
-        blocks: list[Block] = []
+        blocks: list[MaskRect] = []
         count = 0
         while count < self.num_masking_patches:
             budget = min(self.num_masking_patches - count, self.max_num_patches)

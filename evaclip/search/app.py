@@ -121,7 +121,7 @@ def create_app(index: SearchIndex, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     from starlette.concurrency import run_in_threadpool
 
     from evaclip.data.decode import SkipSample, decode_image
-    from evaclip.eval.benchmarks import default_templates
+    from evaclip.eval.catalog import default_templates
     from evaclip.eval.zeroshot import class_prompts, zeroshot_logits
 
     templates = default_templates("imagenet1k")

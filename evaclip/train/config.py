@@ -225,13 +225,15 @@ def _coerce(value: str, annotation: Any, where: str) -> Any:
     if annotation is str:
         return value
     if origin in (list, tuple):
+        inner = args[0] if args else str
+        if inner in (int, float):  # numbers may be "::"-separated too, like the data.sources they go with
+            value = value.replace("::", ",")
         try:
             items = json.loads(value)
         except json.JSONDecodeError:
             items = [v for v in value.split(",") if v]
         if not isinstance(items, list):
             items = [items]
-        inner = args[0] if args else str
         parsed = [_coerce(str(v) if not isinstance(v, str) else v, inner, where) for v in items]
         return tuple(parsed) if origin is tuple else parsed
     raise ConfigError(f"{where} cannot be set from the command line")
@@ -293,13 +295,6 @@ def apply_override(cfg: TrainConfig, assignment: str) -> None:
         target.__post_init__()  # re-run the section's own checks (e.g. OptimConfig)
 
 
-def set_source_weights(cfg: TrainConfig, weights: list[float]) -> None:
-    if len(weights) != len(cfg.data.sources):
-        raise ConfigError(f"{len(weights)} weights given for {len(cfg.data.sources)} data sources")
-    for source, w in zip(cfg.data.sources, weights):
-        source.weight = float(w)
-
-
 def _scale_tower_lrs(cfg: TrainConfig, old_lr: float, explicit: set[str]) -> None:
     """``optim.lr=X`` scales every peak lr of the recipe by ``X / old lr``: the towers' ``visual_lr`` /
     ``text_lr`` move with it (each keeps its ratio to ``lr``) unless they are set on the same command line."""
@@ -319,11 +314,7 @@ def apply_overrides(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
     old_lr = cfg.optim.lr
     keys = {a.split("=", 1)[0].strip() for a in assignments}
     for a in assignments:
-        if a.startswith("data.weights="):
-            raw = [w for w in a.split("=", 1)[1].replace("::", ",").split(",") if w]
-            set_source_weights(cfg, [_coerce(w, float, "data.weights") for w in raw])
-        else:
-            apply_override(cfg, a)
+        apply_override(cfg, a)
     if "optim.lr" in keys:
         _scale_tower_lrs(cfg, old_lr, keys)
     cfg.validate()

@@ -10,9 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
 from evaclip import transforms
+from evaclip.models.flops import mim_training_flops
+from evaclip.models.masking import BlockMaskGenerator
+from evaclip.models.mim import MIMStudent, MIMTeacher, mim_step_loss
 from evaclip.train.config import TrainConfig
 from evaclip.train.tasks import Task
 
@@ -38,7 +42,6 @@ class FlipThenCrop:
         self.crop, self.p = crop, p
 
     def __call__(self, img):
-        from PIL import Image
         # p = 0 draws nothing, so the crops stay those of a run without the flip (the demo's)
         if self.p > 0 and torch.rand(1).item() < self.p:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -52,8 +55,6 @@ class MIMTask(Task):
     name = "mim"
 
     def __init__(self, cfg: TrainConfig):
-        from evaclip.models.masking import BlockMaskGenerator
-        from evaclip.models.mim import MIMTeacher
 
         super().__init__(cfg)
         self.vision_cfg = self.model_cfg.vision_cfg
@@ -71,7 +72,6 @@ class MIMTask(Task):
                             self.cfg.mim.hflip)
 
     def build(self, device: torch.device) -> nn.Module:
-        from evaclip.models.mim import MIMStudent
         student = MIMStudent(self.vision_cfg, teacher_dim=self.teacher.output_dim)
         if self.cfg.model.pretrained_image:  # continue from an earlier MIM file
             student.load(self.cfg.model.pretrained_image)
@@ -79,7 +79,6 @@ class MIMTask(Task):
         return student.to(device)
 
     def build_meta(self, device: torch.device) -> nn.Module:
-        from evaclip.models.mim import MIMStudent
         with torch.device("meta"):
             student = MIMStudent(self.vision_cfg, teacher_dim=self.teacher.output_dim)
         self._finish(student, device)
@@ -101,7 +100,6 @@ class MIMTask(Task):
         return _NoTokens()
 
     def loss(self, model: nn.Module, loss_fn, images: torch.Tensor, tokens: torch.Tensor):
-        from evaclip.models.mim import mim_step_loss
         # Masks come from the global torch RNG, which checkpoints save and restore: resume stays exact.
         seed = int(torch.randint(0, 2**31 - 1, (1,)))
         mask = self.masker(images.shape[0], seed).to(images.device)
@@ -115,5 +113,4 @@ class MIMTask(Task):
 
     def flops_per_sample(self) -> float | None:
         """Student training (3x forward) plus the frozen teacher's forward, per image."""
-        from evaclip.models.flops import mim_training_flops
         return float(mim_training_flops(self.vision_cfg, self.teacher.visual.cfg, self.teacher.output_dim))

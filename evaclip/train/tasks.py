@@ -17,17 +17,21 @@ import torch
 from torch import nn
 
 from evaclip import transforms
+from evaclip.models import create_model, get_model_config, get_tokenizer
+from evaclip.models.checkpoint import RUN_MODEL_CONFIG, RUN_WEIGHTS, save_file
 from evaclip.models.config import CLIPConfig
+from evaclip.models.factory import pretrained_state_dict
+from evaclip.models.flops import model_flops
 from evaclip.models.parallel import unwrap
+from evaclip.outputs import atomic_write_text
 from evaclip.train.config import TrainConfig
+from evaclip.train.loss import ClipLoss, SigLipLoss
 
 
 def model_config(cfg: TrainConfig) -> CLIPConfig:
     """The model config a run trains: ``model.name``'s config with the run's own settings applied (input size,
     patch dropout, fixed temperature, SigLIP's logit bias). The one translation from run config to model config,
     used by the tasks and by the planner."""
-    from evaclip.models import get_model_config
-    from evaclip.train.loss import SigLipLoss
     model_cfg = get_model_config(cfg.model.name)
     cfg.model.fit_vision(model_cfg.vision_cfg)
     if cfg.model.patch_dropout is not None:
@@ -104,9 +108,7 @@ class Task(ABC):
 
     def _write_export(self, full_state_dict: dict[str, torch.Tensor], out_dir: Path,
                       metadata: dict[str, str]) -> list[Path]:
-        from evaclip.models.checkpoint import save_file
-        from evaclip.outputs import atomic_write_text
-        weights, config = out_dir / "final.safetensors", out_dir / "model_config.json"
+        weights, config = out_dir / RUN_WEIGHTS, out_dir / RUN_MODEL_CONFIG
         save_file(full_state_dict, weights, metadata=metadata)
         atomic_write_text(config, json.dumps(self.model_cfg.to_dict(), indent=2) + "\n", what="training output")
         return [weights, config]
@@ -118,7 +120,6 @@ class ClipTask(Task):
     name = "clip"
 
     def build(self, device: torch.device) -> nn.Module:
-        from evaclip.models import create_model
         m = self.cfg.model
         model = create_model(self.model_cfg, m.pretrained, pretrained_image=m.pretrained_image,
                              pretrained_text=m.pretrained_text, skip_keys=m.skip_keys)
@@ -126,13 +127,11 @@ class ClipTask(Task):
         return model.to(device)
 
     def build_meta(self, device: torch.device) -> nn.Module:
-        from evaclip.models import create_model
         model = create_model(self.model_cfg, device="meta")
         self._finish(model)
         return model
 
     def pretrained_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        from evaclip.models.factory import pretrained_state_dict
         m = self.cfg.model
         return pretrained_state_dict(model, m.pretrained, m.pretrained_image, m.pretrained_text, m.skip_keys)
 
@@ -144,11 +143,9 @@ class ClipTask(Task):
             model.set_grad_checkpointing(True)
 
     def tokenizer(self):
-        from evaclip.models import get_tokenizer
         return get_tokenizer(self.model_cfg)
 
     def make_loss(self) -> nn.Module:
-        from evaclip.train.loss import ClipLoss, SigLipLoss
         if self.cfg.loss.kind == "siglip":
             return SigLipLoss()
         return ClipLoss(local_loss=self.cfg.loss.local_loss, gather_with_grad=self.cfg.loss.gather_with_grad,
@@ -173,7 +170,6 @@ class ClipTask(Task):
 
     def flops_per_sample(self) -> float | None:
         """Model FLOPs of one training pair (3x forward; recomputation is not counted, as MFU convention has it)."""
-        from evaclip.models.flops import model_flops
         return float(model_flops(self.model_cfg, self.model_cfg.vision_cfg.patch_dropout).training())
 
 

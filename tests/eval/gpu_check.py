@@ -68,7 +68,7 @@ def check_sklearn():
 def check_zeroshot_cuda(tmp: Path):
     import evaclip
     from eval_helpers import shapes
-    from evaclip.eval.benchmarks import default_templates
+    from evaclip.eval.catalog import default_templates
     from evaclip.eval.datasets import load_classification
     from evaclip.eval.features import encode_image_batches, image_loader
     from evaclip.eval.zeroshot import evaluate_zeroshot_classification

@@ -7,7 +7,7 @@ import torch
 
 import evaclip
 from evaclip.cli.main import main
-from evaclip.eval.benchmarks import default_templates
+from evaclip.eval.catalog import default_templates
 from evaclip.eval.datasets import load_classification
 from evaclip.eval.features import image_loader
 from evaclip.eval.zeroshot import evaluate_zeroshot_classification

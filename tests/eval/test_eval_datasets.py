@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from evaclip.errors import DatasetError
-from evaclip.eval.benchmarks import default_classnames, imagenet_wnids
+from evaclip.eval.catalog import default_classnames, imagenet_wnids
 from evaclip.eval.datasets import detect_layout, load_classification, load_retrieval
 from evaclip.eval.features import image_loader
 from evaclip.eval.metrics import classification_metrics

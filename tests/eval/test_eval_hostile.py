@@ -1,4 +1,4 @@
-"""`evaclip eval` under hostile input (issue 12): broken models score nothing, bf16/fp16 weights run, undecodable
+"""`evaclip eval` under hostile input: broken models score nothing, bf16/fp16 weights run, undecodable
 files are skipped and counted, the linear probe never trains on its test images, outputs are checked first."""
 import csv
 import json

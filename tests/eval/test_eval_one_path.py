@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from evaclip.eval import zeroshot as zeroshot_module
-from evaclip.eval.benchmarks import default_templates
+from evaclip.eval.catalog import default_templates
 from evaclip.eval.runner import EvalOptions, resolve_dataset, run_task
 from evaclip.train.config import apply_overrides
 from evaclip.train.recipes import get_recipe

@@ -1,4 +1,4 @@
-"""Hostile model inputs in-process (issue #12): typed config fields, sizes checked against memory before anything
+"""Hostile model inputs in-process: typed config fields, sizes checked against memory before anything
 is allocated, HF config.json fields, checkpoint files that are not checkpoints, sharded folders whose index
 decides, non-finite weights, and checkpoint outputs written through evaclip.outputs."""
 from __future__ import annotations

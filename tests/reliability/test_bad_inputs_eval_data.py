@@ -1,4 +1,4 @@
-"""Bad evaluation data and result files (issue 12, the evaluation protocol's part), each a real `evaclip` process,
+"""Bad evaluation data and result files (the evaluation protocol's part), each a real `evaclip` process,
 all run at once. Every one exits with code 2 and one line that says what was wrong and what to do, no
 traceback, and writes nothing."""
 from __future__ import annotations

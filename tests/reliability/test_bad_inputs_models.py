@@ -1,4 +1,4 @@
-"""Every bad model input of issue #12 through the real CLI (`evaclip models` / `embed` / `convert` / `train`):
+"""Every bad model input we know of through the real CLI (`evaclip models` / `embed` / `convert` / `train`):
 exit code 2, one line that says what was wrong, no traceback, nothing written."""
 from __future__ import annotations
 

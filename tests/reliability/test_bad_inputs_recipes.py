@@ -1,4 +1,4 @@
-"""Bad values for the recipe features of issue #17 (higher-resolution continuation, the ZeRO-3 trust ratio,
+"""Bad values for the published-recipe features (higher-resolution continuation, the ZeRO-3 trust ratio,
 recipe planning), through the real CLI: exit code 2, one line naming the problem, no traceback, nothing
 exported."""
 from __future__ import annotations

@@ -79,7 +79,7 @@ def outcomes(tmp_path_factory):
 def test_bad_input_is_one_line_and_nothing_is_written(outcomes, name):
     proc, out, before = outcomes[name]
     assert_clean_error(proc, *CASES[name][1])
-    assert listing(out) == before  # nothing written, not even config.json or metrics.jsonl
+    assert listing(out) == before  # nothing written, not even run_config.json or metrics.jsonl
 
 
 def test_python_m_evaclip_runs_under_torchrun(tmp_path):

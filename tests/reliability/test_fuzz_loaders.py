@@ -1,4 +1,4 @@
-"""Fuzz pass over the model loaders (issue #12): seeded random mutations of a model JSON, a Hugging Face
+"""Fuzz pass over the model loaders: seeded random mutations of a model JSON, a Hugging Face
 ``config.json``, a safetensors header and a ``.pt`` file. Every outcome is a loaded model or an EvaclipError
 whose message is one line; never another exception, a hang, or an allocation that runs the machine out of
 memory (sizes are checked against memory before anything is built). Loaded in-process for speed; a handful

@@ -67,7 +67,7 @@ def test_classify_uses_the_paper_templates_and_matches_the_public_api(tiny, imag
     import torch
 
     import evaclip
-    from evaclip.eval.benchmarks import default_templates
+    from evaclip.eval.catalog import default_templates
     from evaclip.eval.zeroshot import build_zeroshot_classifier
     _build(images, tmp_path / "idx", tiny)
     client = TestClient(create_app(SearchIndex(tmp_path / "idx")))

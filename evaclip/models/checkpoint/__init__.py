@@ -12,10 +12,12 @@ from evaclip.models.checkpoint.adapters import (ADAPTERS, StateDict, StateDictAd
                                                 export_state_dict, to_training_layout)
 from evaclip.models.checkpoint.fit import (MIM_ONLY, TEXT_REINIT, VISION_REINIT, WEAK_TO_STRONG_SKIP, LoadReport,
                                            load_checkpoint, load_pretrained, load_state_dict)
-from evaclip.models.checkpoint.reading import check_finite, read_file, read_state_dict, unwrap
+from evaclip.models.checkpoint.reading import (RUN_MODEL_CONFIG, RUN_WEIGHTS, check_finite, read_file,
+                                              read_state_dict, unwrap)
 from evaclip.models.checkpoint.writing import check_hf_folder, save_file, save_hf_folder, save_torch
 
 __all__ = [
+    "RUN_MODEL_CONFIG", "RUN_WEIGHTS",
     "ADAPTERS", "StateDict", "StateDictAdapter", "adapter_for", "adapter_named", "export_state_dict",
     "to_training_layout", "MIM_ONLY", "TEXT_REINIT", "VISION_REINIT", "WEAK_TO_STRONG_SKIP", "LoadReport",
     "load_checkpoint", "load_pretrained", "load_state_dict", "check_finite", "read_file", "read_state_dict",

@@ -28,6 +28,8 @@ StateDict = dict[str, torch.Tensor]
 
 _WRAPPER_KEYS = ("model", "module", "state_dict")
 _RETRY = "re-download or re-export it"
+# What a finished training run exports into its out_dir (evaclip.train.tasks): the weights and their model config.
+RUN_WEIGHTS, RUN_MODEL_CONFIG = "final.safetensors", "model_config.json"
 
 
 def read_file(path: str | os.PathLike) -> Mapping:
@@ -206,9 +208,12 @@ def _read_folder(path: Path) -> Mapping:
         if (path / name).is_file():
             check_config(path)
             return read_file(path / name)
+    if (path / RUN_WEIGHTS).is_file():  # a finished training run: the weights it exported
+        return read_file(path / RUN_WEIGHTS)
     raise CheckpointError(f"{path} is a directory without a weights file; pass a checkpoint file (.safetensors, "
-                          f".pt or .bin) or a Hugging Face model folder ({', '.join(_HF_INDEXES + _HF_SINGLE)}). "
-                          "For a training run, use its final.safetensors, or continue it with resume=PATH")
+                          f".pt or .bin), a Hugging Face model folder ({', '.join(_HF_INDEXES + _HF_SINGLE)}) or "
+                          f"a finished training run (its {RUN_WEIGHTS}); to continue an unfinished run, train "
+                          "with resume=PATH")
 
 
 def _read_shard(path: Path, names: list[str]) -> dict[str, torch.Tensor]:

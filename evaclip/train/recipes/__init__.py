@@ -1,7 +1,8 @@
 """Training recipes: small functions that return a complete :class:`~evaclip.train.config.TrainConfig`.
 
 ``evaclip train RECIPE key=value ...`` starts from ``get_recipe(RECIPE)`` and applies the overrides. A recipe
-module registers its functions with :func:`register`; the modules listed in ``_MODULES`` are imported lazily.
+module registers its functions with :func:`register`; the modules listed in ``_MODULES`` are imported lazily, and
+so are the recipe modules of installed extensions (:mod:`evaclip.plugins`, e.g. the demo's ``evaclip_demo.recipes``).
 A published recipe also records where its numbers come from and the published run's GPU count (its
 ``data.batch_size`` is per GPU), so ``evaclip train --list`` can give its global batch and samples seen.
 """
@@ -12,10 +13,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from evaclip.errors import ConfigError
+from evaclip.plugins import recipe_modules
 from evaclip.train.config import TrainConfig
 
-_MODULES = ("evaclip.train.recipes.tiny", "evaclip.train.recipes.paper", "evaclip.train.recipes.eva02",
-            "evaclip.train.recipes.demo")
+_MODULES = ("evaclip.train.recipes.tiny", "evaclip.train.recipes.paper", "evaclip.train.recipes.eva02")
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,14 @@ def recipe_table() -> list[dict]:
 
 
 def _load_all() -> None:
-    for m in _MODULES:
+    for m in (*_MODULES, *recipe_modules()):
         try:
             importlib.import_module(m)
         except ModuleNotFoundError as e:
-            if e.name != m:
+            if e.name is None or not m.startswith(e.name):  # an extension's own import failed: say so
                 raise
+            raise ConfigError(f"recipe module {m!r} (an installed extension or ${{EVACLIP_PLUGINS}}) cannot be "
+                              f"imported: no module named {e.name!r}") from None
 
 
 def list_recipes() -> dict[str, str]:

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from evaclip.cli.main import main as cli_main
-from evaclip.data.offline import PrepareOptions, prepare
-from evaclip.data.offline.fetch import FetchError
-from evaclip.data.offline.packages import Package
+from evaclip_demo.offline import PrepareOptions, prepare
+from evaclip_demo.offline.fetch import FetchError
+from evaclip_demo.offline.packages import Package
 from evaclip.errors import ConfigError, EvaclipError
 
 # the fixture has SVG art (OpenMoji, a Tux Paint stamp); cairosvg is a dependency of `evaclip data prepare`

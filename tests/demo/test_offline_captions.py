@@ -1,7 +1,7 @@
 """Caption cleaning on hand-made examples shaped like the real package metadata."""
-from evaclip.data.offline import captions as cap
-from evaclip.data.offline.classes import noto_class, tuxpaint_class
-from evaclip.data.offline.sources import hexcode
+from evaclip_demo.offline import captions as cap
+from evaclip_demo.offline.classes import noto_class, tuxpaint_class
+from evaclip_demo.offline.sources import hexcode
 
 RDF = """<svg><metadata><rdf:RDF><cc:Work rdf:about="">
 <dc:format>image/svg+xml</dc:format><dc:title>Ice Cream &amp; Cone</dc:title>
@@ -85,7 +85,7 @@ def test_class_tables_map_folders_and_subgroups():
 
 
 def test_emoji_name_key_matches_fluent_file_names_to_cldr_names():
-    from evaclip.data.offline.sources import emoji_name_key
+    from evaclip_demo.offline.sources import emoji_name_key
     for cldr, stem in (("A button (blood type)", "a-button-blood-type"), ("woman’s hat", "womans-hat"),
                        ("keycap: 1", "keycap-1"), ("flag: France", "flag-france"), ("1st place medal", "1st-place-medal")):
         assert emoji_name_key(cldr) == emoji_name_key(stem)

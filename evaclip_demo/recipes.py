@@ -8,10 +8,9 @@ demo-student  the larger EVA-CLIP: vision tower from demo-mim, text tower from t
               the vision head re-initialised), then contrastive training with layer-wise lr decay.
 demo-control  the same larger EVA-CLIP from scratch; the demo gives it the FLOPs of MIM + student CLIP.
 
-The contrastive stages use lr 3e-4: with 1e-3 (the first choice) the training loss of every stage sat near
-chance for the first few hundred steps; at 3e-4 the teacher's training loss fell faster and ended lower (2.7
-vs 3.3 at step 850). The choice was made on training loss only, never on the evaluation sets. Pairs with identical captions
-are masked out of each other's softmax (``loss.mask_duplicate_texts``), as the data's notes advise.
+The contrastive stages use lr 3e-4; pairs with identical captions are masked out of each other's softmax
+(``loss.mask_duplicate_texts``). How these settings and the step budgets were chosen, and on which data:
+``docs/demo/recipe_history.md``.
 
 Budgets are in steps (not wall time) so that a run is reproducible on any machine. ``evaclip demo`` fills in
 the data, the checkpoints and the step counts; ``evaclip train demo-teacher data.sources=...`` works too.
@@ -37,15 +36,13 @@ def train_sources(train_dir: str | Path = DEFAULT_TRAIN_DIR) -> list[DataSource]
 
 
 CLIP_LR = 3e-4
-# Step budgets at batch 128 (``evaclip demo``'s full budget reads them from here). The teacher's 2000 steps
-# were chosen on held-out training pairs (scripts/demo_recipe_search.py): validation image<->text R@5 38.8
-# at 1000 steps, 41.8 at 2000, 41.0 at 3000 (seed 0); 38.6 vs 40.1 with seed 1. docs/demo/recipe_search.md.
+# Step budgets at batch 128 (``evaclip demo``'s full budget reads them from here).
 TEACHER_STEPS, MIM_STEPS, STUDENT_STEPS = 2000, 250, 350
 
 
-def _base(model: str, steps: int, lr: float, visual_ld: float = 1.0, warmup: int = 50) -> TrainConfig:
+def _base(recipe: str, model: str, steps: int, lr: float, visual_ld: float = 1.0, warmup: int = 50) -> TrainConfig:
     return TrainConfig(
-        out_dir=f"runs/{model}", steps=steps, seed=0, precision="fp32", checkpoint_every=0, log_every=10,
+        out_dir=f"runs/{recipe}",  # where the next recipe of the chain looks for this one's weights steps=steps, seed=0, precision="fp32", checkpoint_every=0, log_every=10,
         tensorboard=False,
         model=ModelSection(name=model),
         # Not resampled: every epoch is a fresh permutation of all pairs (the dataset is small).
@@ -63,13 +60,13 @@ def _base(model: str, steps: int, lr: float, visual_ld: float = 1.0, warmup: int
 @register("demo-teacher")
 def demo_teacher() -> TrainConfig:
     """Demo teacher: EVA02-style CLIP w128 L4 + frozen MiniLM text tower, from scratch."""
-    return _base("demo-teacher", steps=TEACHER_STEPS, lr=CLIP_LR)
+    return _base("demo-teacher", "demo-teacher", steps=TEACHER_STEPS, lr=CLIP_LR)
 
 
 @register("demo-mim")
 def demo_mim() -> TrainConfig:
     """Demo MIM student: EVA ViT w192 L4 regressing the teacher's patch and class features (40% block masks)."""
-    cfg = _base("demo-student", steps=MIM_STEPS, lr=1.5e-3)
+    cfg = _base("demo-mim", "demo-student", steps=MIM_STEPS, lr=1.5e-3)
     cfg.task = "mim"
     cfg.mim = MIMSection(teacher="runs/demo-teacher/final.safetensors", teacher_model="demo-teacher",
                          mask_ratio=0.4, include_cls=True,
@@ -80,7 +77,7 @@ def demo_mim() -> TrainConfig:
 @register("demo-student")
 def demo_student() -> TrainConfig:
     """Demo student CLIP: w192 L4 from the MIM student + the teacher's text tower, layer decay 0.85."""
-    cfg = _base("demo-student", steps=STUDENT_STEPS, lr=CLIP_LR, visual_ld=0.85)
+    cfg = _base("demo-student", "demo-student", steps=STUDENT_STEPS, lr=CLIP_LR, visual_ld=0.85)
     cfg.model.pretrained_image = "runs/demo-mim/final.safetensors"
     cfg.model.pretrained_text = "runs/demo-teacher/final.safetensors"
     cfg.model.skip_keys = list(WEAK_TO_STRONG_SKIP)
@@ -91,6 +88,6 @@ def demo_student() -> TrainConfig:
 @register("demo-control")
 def demo_control() -> TrainConfig:
     """Demo control: the student's w192 L4 CLIP from scratch (the demo matches its FLOPs to MIM + student)."""
-    cfg = _base("demo-student", steps=898, lr=CLIP_LR)
+    cfg = _base("demo-control", "demo-student", steps=898, lr=CLIP_LR)
     cfg.model.patch_dropout = 0.5
     return cfg

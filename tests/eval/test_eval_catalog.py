@@ -1,7 +1,7 @@
 """The shipped class-name and template files against Table 11."""
 import pytest
 
-from evaclip.eval import benchmarks as B
+from evaclip.eval import catalog as B
 
 
 def test_all_27_image_benchmarks_have_classnames_and_templates_with_table11_counts():

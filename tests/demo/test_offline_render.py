@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from evaclip.data.offline.leakage import cap_per_class, first_unique, group_holdout, near_duplicates
-from evaclip.data.offline.render import render, render_all, to_square
+from evaclip_demo.offline.leakage import cap_per_class, first_unique, group_holdout, near_duplicates
+from evaclip_demo.offline.render import render, render_all, to_square
 
 
 def _blobs(seed: int, size: int = 32) -> np.ndarray:

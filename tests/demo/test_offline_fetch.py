@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from evaclip.data.offline.fetch import MARKER, FetchError, _run, cached_version, fetch_npm, fetch_packages
-from evaclip.data.offline.packages import PACKAGES, Package
+from evaclip_demo.offline.fetch import MARKER, FetchError, _run, cached_version, fetch_npm, fetch_packages
+from evaclip_demo.offline.packages import PACKAGES, Package
 from evaclip.errors import EvaclipError
 
 PKG_A = Package("pkg-a", "npm", "2.0.0", "MIT", "a", "tests")

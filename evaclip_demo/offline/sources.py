@@ -14,8 +14,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaclip.data.offline import captions as cap
-from evaclip.data.offline.classes import noto_class, tuxpaint_class
+from evaclip_demo.offline import captions as cap
+from evaclip_demo.offline.classes import noto_class, tuxpaint_class
 from evaclip.errors import DatasetError
 
 OPENCLIPART_PNG = "usr/share/openclipart/png"

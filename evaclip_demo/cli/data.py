@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from evaclip.data.offline.build import DEFAULT_OUT, ENV_VAR, PrepareOptions, prepare
+from evaclip_demo.offline.build import DEFAULT_OUT, ENV_VAR, PrepareOptions, prepare
+
+HELP = "prepare the offline demo datasets"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from evaclip.data.offline.build import PrepareOptions
-from evaclip.data.offline.sources import EmojiText, fluent_items
+from evaclip_demo.offline.build import PrepareOptions
+from evaclip_demo.offline.sources import EmojiText, fluent_items
 from evaclip.errors import ConfigError
 
 TEXTS = {"1F9D1-200D-1F3A8": EmojiText("artist", ("painter",), "person-role"),

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 from tqdm import tqdm
 
-from evaclip.data.offline.packages import Package
+from evaclip_demo.offline.packages import Package
 from evaclip.errors import EvaclipError
 
 MARKER = ".evaclip-fetched.json"

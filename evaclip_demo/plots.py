@@ -91,7 +91,10 @@ def _save_line_plot(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: s
 
 
 def _batch(stage_dir: Path) -> int:
-    try:
-        return int(json.loads((stage_dir / "config.json").read_text())["data"]["batch_size"])
-    except (OSError, ValueError, KeyError):
-        return 1
+    from evaclip.train.trainer import RUN_CONFIG_FILE
+    for name in (RUN_CONFIG_FILE, "config.json"):  # config.json: the run config's name in runs before Dec 2026
+        try:
+            return int(json.loads((stage_dir / name).read_text())["data"]["batch_size"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return 1

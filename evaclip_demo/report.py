@@ -147,46 +147,10 @@ def write_report(results: dict[str, Any], path: Path, plots: list[str]) -> Path:
         "larger model gains little from its size and much depends on how long each stage trains; read the "
         "differences against the spread over seeds.",
         "",
-        "## How the recipe was chosen (what was tried)",
+        "## How the recipe was chosen",
         "",
-        "- A w256 L6 student distilled for ~50 MIM steps from a w128 L4 teacher scored below both its teacher "
-        "and a from-scratch control: too little MIM compute, a large scale-up on tiny data. Hence a smaller "
-        "scale-up (w128 -> w192), 250 MIM steps (the loss is still falling slowly by then: about -1.55), the teacher's class token in the MIM "
-        "target, patch dropout 0.5 on the larger CLIPs, and a control matched on trained FLOPs.",
-        "- The first recipe trained every contrastive stage at lr 1e-3 (3 seeds, Tux Paint / Noto top-1: "
-        "teacher 12.3 ± 2.3 / 22.8 ± 0.1, student 12.4 ± 0.8 / 23.6 ± 2.5, control 13.5 ± 1.0 / 19.5 ± 2.4). "
-        "Its training loss sat near chance (ln 128 = 4.85) for hundreds of steps, so the lr was lowered to "
-        "3e-4, chosen on the teacher's training loss only (2.7 vs 3.3 at step 850). With it: teacher "
-        "13.6 ± 2.0 / 24.5 ± 2.2, student 15.4 ± 1.4 / 22.0 ± 1.1, control 14.2 ± 1.7 / 21.3 ± 1.3.",
-        "- Then pairs with identical captions were masked out of each other's softmax "
-        "(`loss.mask_duplicate_texts`): the three emoji styles share names (about 5.7k unique captions for "
-        "8.4k pairs), and the plain loss treats a repeated caption as a negative. This is a correction of the loss for "
-        "this data (the data notes ask for it), applied to every contrastive stage alike; it was made after "
-        "the numbers above were seen, which is why they are all listed here. With it (teacher 1000 steps): "
-        "teacher 13.7 ± 2.3 / 23.4 ± 2.2, student 16.8 ± 3.2 / 21.8 ± 1.8, control 14.6 ± 1.4 / 22.1 ± 0.7.",
-        "- That teacher was below the issue's reference (Tux Paint 17.6 / Noto 24.5, one seed), so its recipe was "
-        "searched once more, this time on a validation split of the *training* pairs, never on the test sets: "
-        "8% of the caption groups held out (439 pairs; `scripts/demo_recipe_search.py`), candidates ranked by "
-        "mean image↔text R@5 there (every row: docs/demo/recipe_search.md in the repository). Seed 0: as shipped (1000 steps) 38.8; the reference's plain ViT block "
-        "(LayerNorm, GELU, learned positions) 30.5; batch 256 for 500 steps 35.8; weight decay 0.2 39.2; "
-        "2000 steps 41.8. On top of 2000 steps: 3000 steps 41.0, crops of 50-100% area 41.0, an MLP text "
-        "projection 40.9. Seed 1, to check the choice: 1000 steps 38.6, 2000 steps 40.1. The teacher now trains 2000 steps; nothing else changed, and the "
-        "student and control budgets are as before.",
-        "- A check made after that choice, not used for it: the reference's plain ViT block as the teacher "
-        "(same recipe, 2000 steps, 3 seeds) scored Tux Paint 13.5 ± 0.8 / Noto 23.5 ± 3.5 / openclipart "
-        "image→text R@5 7.4 ± 0.7 on the test sets, no better than the EVA02 block, so the gap to the "
-        "reference's 17.6 is not the block. What else differed in that one-seed measurement is not known.",
-        "- More training pairs, judged the same way (same validation pairs): Microsoft's Fluent Emoji "
-        "(`evaclip data prepare --fluent-styles`, up to 4,515 more pairs in three styles) gave validation R@5 "
-        "40.2-40.8 at 2000 steps and 41.1-41.7 at 3000, against 41.8 without it, so it is not in the demo's "
-        "data (it stays an option). No test set was looked at for it.",
-        "- A second check, not used for any choice: the training data as the reference prototype built it (Noto "
-        "look-alikes kept, `evaclip data prepare --keep-noto-lookalikes`, 8,646 pairs; same test sets), the shipped "
-        "teacher recipe, 3 seeds (`scripts/demo_teacher_check.py`): Tux Paint 14.2 ± 2.2 (seeds 13.3 / 12.6 / "
-        "16.7), Noto 24.2 ± 0.7 (higher, as the look-alikes leak Noto's drawings into training), openclipart "
-        "R@5 13.1 ± 0.6. On that data the teacher matches the reference on Noto (24.5) and retrieval (12.5), and "
-        "its Tux Paint spread across seeds (12.6-16.7) suggests the reference's one-seed 17.6 sits at the lucky end; "
-        "the stricter leakage filter does not explain the Tux Paint gap.",
+        "What was tried before this recipe, and on which data each choice was judged: "
+        "`docs/demo/recipe_history.md` in the evaclip repository.",
         "",
         "## Plots",
         "",

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from evaclip.errors import ConfigError
 
+HELP = "the weak-to-strong demo on offline data, end to end"
+
 
 def _seeds(text: str) -> list[int]:
     try:
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evaclip.demo import DemoOptions, run_demo
+    from evaclip_demo import DemoOptions, run_demo
     options = DemoOptions(out=Path(args.out), data_dir=Path(args.data) if args.data else None,
                           seeds=_seeds(args.seeds), quick=args.quick, progress=not args.no_progress)
     results = run_demo(options)
