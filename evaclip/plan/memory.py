@@ -126,9 +126,10 @@ def vision_activations(cfg: VisionConfig, patch_dropout: float = 0.0, checkpoint
     if patch_dropout:
         # The gather that drops patches keeps its full input and the kept indices (int64).
         extra += b * (cfg.num_patches + 1) * W + 8 * (n - 1)
-        if cfg.rope and not checkpointing:
-            # RoPE's cos/sin gathered at the kept positions, for q and k, in every block.
-            extra += cfg.layers * 4 * b * (n - 1) * cfg.head_width
+        if cfg.rope:
+            # RoPE's cos/sin gathered at the kept positions: built once per forward and shared by every block
+            # (kept for backward, and by the checkpointed blocks as their input).
+            extra += 2 * b * (n - 1) * cfg.head_width
     gap = cfg.global_average_pool
     extra += _norm_bytes(cfg.norm_type, W, b, input_saved=not gap) + b * W  # pooled-token norm, head input
     return _tower(n, cfg.layers, W, vision_block_bytes_per_token(cfg, b), b, checkpointing, extra,
