@@ -14,7 +14,7 @@ import os
 import sys
 
 from evaclip import plugins
-from evaclip.errors import EvaclipError
+from evaclip.errors import EvaclipError, Preempted
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -91,9 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(module.run(args) or 0)
+    except Preempted as e:  # not a failure: the run stopped where it can continue
+        print(f"evaclip {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except EvaclipError as e:
         print(f"evaclip {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except BrokenPipeError:  # e.g. `evaclip ... | head`: the reader left; nothing more to say
         sys.stderr.close()
         return 0

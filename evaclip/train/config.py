@@ -102,6 +102,10 @@ class EvalSection:
     batch_size: int = 64
 
 
+# Signals a run can catch to stop with a checkpoint (SIGKILL and SIGSTOP cannot be caught; SIGINT is always caught).
+PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT")
+
+
 @dataclass
 class TrainConfig:
     recipe: str = ""
@@ -109,7 +113,18 @@ class TrainConfig:
     out_dir: str = "runs/default"
     steps: int = 100
     seed: int = 0
-    resume: str | None = None  # "latest" or a checkpoint directory
+    # "latest" (the newest good checkpoint in out_dir), "auto" (the same, or a fresh start when there is none yet:
+    # for job scripts that requeue) or a checkpoint directory
+    resume: str | None = None
+    # A fresh run (no resume) into an out_dir that holds another run's checkpoints is refused unless this is set:
+    # then that run's checkpoints, metrics and summary are deleted first.
+    overwrite: bool = False
+    # Resuming refuses a changed model, task, loss or optimizer structure (see run_state.RESUMABLE_CHANGES for what
+    # may change); set this when the change is intended.
+    resume_changes_ok: bool = False
+    # Signals that stop the run at the next step boundary with a checkpoint, exit code 75 (preemption; SLURM's
+    # --signal). SIGINT (Ctrl-C) does the same after a message; a second Ctrl-C stops at once.
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     strategy: str = "fsdp"  # with more than one process: ddp or fsdp (FSDP2 full shard)
     checkpoint_every: int = 0  # steps; 0 = only at the end
     keep_checkpoints: int = 2
@@ -154,6 +169,10 @@ class TrainConfig:
             if self.data.batch_size % self.accum_steps:
                 raise ConfigError(f"data.batch_size ({self.data.batch_size}) must be a multiple of accum_steps "
                                   f"({self.accum_steps})")
+        for name in self.preempt_signals:
+            if name not in PREEMPT_SIGNALS:
+                raise ConfigError(f"preempt_signals: {name!r} cannot be caught for preemption; choose from "
+                                  f"{', '.join(PREEMPT_SIGNALS)}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.schedule.kind == "cosine" and self.schedule.warmup_steps >= self.steps:

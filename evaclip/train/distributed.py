@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -129,6 +129,15 @@ def barrier() -> None:
     """Wait for every process; a no-op for a single process."""
     if get_world_size() > 1:
         dist.barrier()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (JSON-like values), in rank order, on every rank; ``[obj]`` for a single process."""
+    if get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def destroy() -> None:

@@ -8,6 +8,9 @@ under torchrun). Kinds:
 - ``nan_weight``: a weight becomes NaN right after the update of the step (as an update that overflows would
   leave it; the loss and gradients of that step were finite);
 - ``crash``: the process dies with SIGKILL in the middle of the step (after backward, before the update);
+- ``sigterm``: the process receives SIGTERM at that point of the step (preemption reaching this rank);
+- ``sigterm_launcher``: the parent process receives SIGTERM there: under torchrun, the launcher, which
+  forwards it to every rank (as SLURM's signal to the job step would reach them);
 - ``checkpoint_write``: writing the checkpoint of that step fails with ENOSPC, as a full disk would;
 - ``metrics_write``: appending that step's record to ``metrics.jsonl`` fails with ENOSPC;
 - ``checkpoint_kill``: SIGKILL inside the save of that checkpoint, right after the sharded (DCP) write and
@@ -29,8 +32,8 @@ import sys
 
 from evaclip.errors import ConfigError
 
-KINDS = ("nan_loss", "inf_loss", "nan_grad", "nan_weight", "crash", "checkpoint_write", "metrics_write",
-         "checkpoint_kill", "rename_kill", "prune_kill")
+KINDS = ("nan_loss", "inf_loss", "nan_grad", "nan_weight", "crash", "sigterm", "sigterm_launcher",
+         "checkpoint_write", "metrics_write", "checkpoint_kill", "rename_kill", "prune_kill")
 _AUDITED = ("rename_kill", "prune_kill")
 
 
@@ -74,6 +77,10 @@ def maybe_fail(kind: str, step: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
     if kind == "crash":
         _kill()
+    if kind == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+    if kind == "sigterm_launcher":
+        os.kill(os.getppid(), signal.SIGTERM)
 
 
 def _step_of(path) -> int | None:

@@ -1,5 +1,6 @@
 """The parts of the training loop that are not training: when to log, evaluate and checkpoint; step timing and
-throughput; the data skip counts of all ranks; the per-rank sample trace; the progress bar; the run summary.
+throughput; the data skip counts of all ranks; the per-rank sample trace; the progress bar; the run summary;
+the signals that ask the run to stop at a step boundary.
 
 :meth:`evaclip.train.trainer.Trainer.fit` calls them in order, once per step, so that the loop itself reads as
 what happens to the model.
@@ -7,6 +8,9 @@ what happens to the model.
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +141,45 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class StopRequest:
+    """Preemption: the signals that ask a run to stop at the next step boundary with a checkpoint.
+
+    The handler only records the signal; the trainer reads :attr:`requested` at each step's one collective, so
+    every rank stops after the same step even when the signal reached only some of them. Handlers can only be
+    installed from the main thread; elsewhere (a run started from a worker thread) signals keep their default.
+    A second signal while stopping is ignored (the checkpoint being written is protected by its atomic rename
+    anyway), except a second Ctrl-C, which stops at once.
+    """
+
+    def __init__(self, names: list[str]):
+        self.names = [*names, "SIGINT"]
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for name in self.names:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            if name == "SIGINT":
+                raise KeyboardInterrupt
+            return
+        self.signal = name
+        more = " (Ctrl-C again to stop at once, losing the steps since the last checkpoint)" if name == "SIGINT" else ""
+        print(f"{name} received: the run stops after this step with a checkpoint{more}", file=sys.stderr, flush=True)

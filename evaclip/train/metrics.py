@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from evaclip.errors import TrainingError
+from evaclip.outputs import atomic_write_text
 from evaclip.train import faults
 
 
@@ -78,6 +79,21 @@ class MetricsLog:
                 self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
             except ImportError:
                 self._tb = None
+
+    def drop_from(self, step: int) -> None:
+        """Forget the records of ``step`` and later (a resumed run writes them again), so that every step appears
+        once. Rewritten atomically; a line that is not JSON (cut by a crash) is dropped too."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] < step:
+                kept.append(line + "\n")
+        atomic_write_text(self.path, "".join(kept), what="training output")
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -5,23 +5,32 @@ Layout of ``out_dir/checkpoints/step_00000100/``::
 
     .metadata, __*_*.distcp   model and optimizer state, sharded as trained (FSDP2 DTensors or full tensors)
     rank_00000.json            that rank's data-loader position and RNG states
-    meta.json                  step, world size, config; written last
+    meta.json                  step, world size, config, and the size and SHA-256 of every other file; written last
 
 A checkpoint is written into ``step_XXXXXXXX.partial/`` and renamed only when every rank has finished, so a
 run killed mid-write leaves a ``.partial`` directory that :func:`find_latest` ignores (and reports), and the
-previous checkpoint is untouched. DCP metadata is pickled by PyTorch: resume only from checkpoints that your
+previous checkpoint is untouched. Before a checkpoint is loaded its files are checked against ``meta.json``
+(:func:`verify`; the ranks share the hashing); ``resume=latest`` passes over a damaged newest checkpoint to the
+newest good one with one warning. DCP metadata is pickled by PyTorch: resume only from checkpoints that your
 own runs wrote (released weights are loaded through :mod:`evaclip.models.checkpoint`, which never unpickles).
+
+An out_dir belongs to one run at a time: :class:`RunLock` holds ``out_dir/.lock`` (an advisory ``flock``, which
+also works on most network file systems; where it does not, the lock cannot protect).
 """
 from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import pickle
 import re
 import shutil
+import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +39,7 @@ from typing import Any
 import torch
 
 from evaclip.errors import TrainingError
-from evaclip.train.distributed import barrier, get_rank, get_world_size
+from evaclip.train.distributed import barrier, gather_objects, get_rank, get_world_size
 
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -48,9 +57,15 @@ def checkpoint_root(out_dir: str | Path) -> Path:
 
 def find_latest(out_dir: str | Path) -> Found:
     """The newest complete checkpoint (one with ``meta.json``) and any half-written ones."""
+    complete, partial = _scan(out_dir)
+    return Found(complete[-1] if complete else None, partial)
+
+
+def _scan(out_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """(complete checkpoints, oldest first; half-written ones)."""
     root = checkpoint_root(out_dir)
     if not root.is_dir():
-        return Found(None, [])
+        return [], []
     complete, partial = [], []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
@@ -59,26 +74,119 @@ def find_latest(out_dir: str | Path) -> Found:
         elif p.name.endswith(".partial") or (m and not (p / "meta.json").is_file()):
             partial.append(p)
     complete.sort()
-    return Found(complete[-1][1] if complete else None, sorted(partial))
+    return [p for _, p in complete], sorted(partial)
 
 
 def resolve_resume(resume: str | None, out_dir: str | Path) -> Path | None:
-    """``resume="latest"`` -> newest complete checkpoint in out_dir; a path -> that checkpoint (checked)."""
+    """``resume="latest"`` -> the newest checkpoint in out_dir that passes :func:`verify` (a damaged newer one is
+    passed over with one warning); ``"auto"``: the same, or None (a fresh start) when out_dir has no complete
+    checkpoint yet, for job scripts that requeue; a path -> that checkpoint, verified. A collective under torchrun.
+    """
     if not resume:
         return None
-    if resume == "latest":
-        found = find_latest(out_dir)
-        for p in found.partial:
-            log.warning("ignoring incomplete checkpoint %s (the run was interrupted while writing it)", p)
-        if found.path is None:
-            raise TrainingError(f"resume=latest but {checkpoint_root(out_dir)} holds no complete checkpoint; "
-                                "start without resume, or set checkpoint_every so that runs save one")
-        return found.path
+    if resume in ("latest", "auto"):
+        complete, partial = _scan(out_dir)
+        if resume == "auto" and not complete:
+            return None
+        for p in partial:
+            _warn(f"ignoring incomplete checkpoint {p} (the run was interrupted while writing it)")
+        for path in reversed(complete):
+            problem = verify(path)
+            if problem is None:
+                return path
+            _warn(f"skipping damaged checkpoint {path}: {problem}; trying the one before")
+        if complete:
+            raise TrainingError(f"resume={resume} but every checkpoint in {checkpoint_root(out_dir)} is damaged (see "
+                                "the warnings above); start afresh with overwrite=true or choose another out_dir")
+        raise TrainingError(f"resume=latest but {checkpoint_root(out_dir)} holds no complete checkpoint; "
+                            "start without resume, or set checkpoint_every so that runs save one")
     path = Path(resume)
     if not (path / "meta.json").is_file():
         raise TrainingError(f"resume={resume}: not a complete evaclip checkpoint directory (no meta.json); "
                             "pass resume=latest or a checkpoints/step_XXXXXXXX directory")
+    problem = verify(path)
+    if problem is not None:
+        raise TrainingError(f"resume={resume}: the checkpoint is damaged ({problem}); resume from an earlier "
+                            "checkpoint (resume=latest picks the newest good one)")
     return path
+
+
+def _warn(message: str) -> None:
+    if get_rank() == 0:
+        log.warning("%s", message)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``meta.json``, or a TrainingError saying why it cannot be read."""
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise TrainingError(f"{path / 'meta.json'} cannot be read ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120]})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise TrainingError(f"{path / 'meta.json'} is not an evaclip checkpoint record (no integer step)")
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------- integrity
+_HASH_CHUNK = 8 << 20
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _digest_files(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """{name: {"bytes", "sha256"}} of ``names``, the ranks sharing the work (each hashes every world-th file) and
+    all receiving the whole table. A collective."""
+    rank, world = get_rank(), get_world_size()
+    mine = {n: {"bytes": (folder / n).stat().st_size, "sha256": _sha256(folder / n)}
+            for i, n in enumerate(sorted(names)) if i % world == rank}
+    table: dict[str, dict[str, Any]] = {}
+    for part in gather_objects(mine):
+        table.update(part)
+    return table
+
+
+def verify(path: Path) -> str | None:
+    """None if the checkpoint at ``path`` is whole, else what is wrong with it (one phrase). A collective: the
+    ranks share the hashing; every rank returns the same answer."""
+    problem: str | None = None
+    files: dict[str, dict[str, Any]] = {}
+    try:
+        meta = read_meta(path)
+        files = meta.get("files") or {}
+        if not isinstance(files, dict):
+            problem = "meta.json's file list is malformed"
+    except TrainingError as e:
+        problem = str(e)
+    if problem is None and not files:
+        # Written before checksums existed: nothing to compare against, so only the shape of the folder is checked.
+        _warn(f"checkpoint {path} has no checksums (written by an older evaclip); loading it unverified")
+        return None
+    if problem is None:
+        for name, want in sorted(files.items()):
+            f = path / name
+            if Path(name).name != name or not f.is_file():
+                problem = f"{name} is missing"
+                break
+            if f.stat().st_size != want.get("bytes"):
+                problem = f"{name} has {f.stat().st_size} bytes, {want.get('bytes')} were written (truncated?)"
+                break
+    # Every rank reaches the collective below, whatever it found above.
+    problems = gather_objects(problem)
+    problem = next((p for p in problems if p), None)
+    if problem is not None:
+        return problem
+    got = _digest_files(path, list(files))
+    bad = sorted(n for n, want in files.items() if got[n]["sha256"] != want.get("sha256"))
+    if bad:
+        return f"{bad[0]} does not match its SHA-256 in meta.json (the bytes changed after it was written)"
+    return None
 
 
 def _rng_state() -> dict[str, str]:
@@ -139,8 +247,9 @@ def save(out_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torc
         faults.maybe_fail("checkpoint_write", step)
         _write_json(tmp / f"rank_{rank:05d}.json", {"rank_state": rank_state, "rng": _rng_state()})
         barrier()
+        files = _digest_files(tmp, [p.name for p in tmp.iterdir() if p.is_file()])
         if rank == 0:
-            _write_json(tmp / "meta.json", dict(meta, step=step, world_size=world))
+            _write_json(tmp / "meta.json", dict(meta, step=step, world_size=world, files=files))
             if final.exists():  # a checkpoint of the same step from an earlier, interrupted attempt
                 shutil.rmtree(final)
             os.rename(tmp, final)
@@ -194,7 +303,7 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     path = Path(path)
     rank, world = get_rank(), get_world_size()
     _check_metadata(path)
-    meta = json.loads((path / "meta.json").read_text())
+    meta = read_meta(path)
     if meta.get("world_size", 1) != world:
         raise TrainingError(f"checkpoint {path} was written by {meta.get('world_size')} processes, this run has "
                             f"{world}; exact resume needs the same world size (the data position is per rank)")
@@ -232,3 +341,78 @@ def _check_metadata(path: Path) -> None:
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise TrainingError(f"refusing to resume from {path}: its .metadata is not DCP checkpoint metadata "
                             f"({reason}); resume only from checkpoints your own runs wrote") from None
+
+
+# ---------------------------------------------------------------------------------------------- ownership
+class RunLock:
+    """``out_dir/.lock``, held by rank 0 for the whole run: a second run into the same out_dir is refused with the
+    holder's pid, host and start time. The kernel drops the lock when the process ends, however it ends (a killed
+    run leaves the file, which the next run simply locks again)."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        if self._fd is not None:
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return self  # an out_dir that cannot be written: the trainer's writability check says so
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            os.close(fd)
+            raise TrainingError(f"out_dir {self.path.parent} is in use by another run ({holder}); wait for it to "
+                                "finish or choose another out_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            # Removed while still held, so a finished or refused run leaves nothing behind; a process that opened
+            # the old file in this instant would lock a file no one else sees (a race of microseconds, accepted).
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+# Config fields a resumed run may change: where it writes and reads, how long it runs, how it reports, and
+# the step-size knobs that a stop message may ask for (lr, warm-up, clipping). Anything else in these
+# sections changes what is being trained.
+CHECKED_SECTIONS = ("task", "model", "optim", "loss", "mim", "precision")
+RESUMABLE_CHANGES = ("model.pretrained", "model.pretrained_image", "model.pretrained_text", "mim.teacher",
+                     "mim.teacher_model",
+                     "optim.lr", "optim.visual_lr", "optim.text_lr", "optim.grad_clip")
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each field of :data:`CHECKED_SECTIONS` that differs, except
+    :data:`RESUMABLE_CHANGES`."""
+    old = _flatten({k: saved.get(k) for k in CHECKED_SECTIONS})
+    new = _flatten({k: current.get(k) for k in CHECKED_SECTIONS})
+    changed = []
+    for key in sorted(old.keys() | new.keys()):
+        if key in RESUMABLE_CHANGES:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            a, b = list(a), list(b)
+        if a != b:
+            changed.append(f"{key}: {a!r} -> {b!r}")
+    return changed

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -19,12 +20,12 @@ import torch.distributed as dist
 from torch import nn
 
 from evaclip import transforms
-from evaclip.errors import EvaclipError, TrainingError
+from evaclip.errors import EvaclipError, Preempted, TrainingError
 from evaclip.outputs import atomic_write_text, check_output
 from evaclip.train import faults, run_state
 from evaclip.train.config import TrainConfig, compute_dtype
 from evaclip.train.distributed import DistInfo, init_distributed
-from evaclip.train.loop import Cadence, Progress, SampleTrace, SkipCounts, StepClock
+from evaclip.train.loop import Cadence, Progress, SampleTrace, SkipCounts, StepClock, StopRequest
 from evaclip.train.metrics import MetricsLog, measure_matmul_ceiling
 from evaclip.train.optim import build_optimizer
 from evaclip.train.schedule import LRSchedule
@@ -75,16 +76,30 @@ class Trainer:
         self.dist = dist_info or init_distributed()
         self.device = self.dist.device
         self.out_dir = Path(cfg.out_dir)
+        self.lock = run_state.RunLock(self.out_dir)
+        if self.dist.is_main and self.out_dir.is_dir():
+            self.lock.acquire()  # an existing out_dir: no other run may use it from here until close()
+        try:
+            self._set_up(cfg, batches)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _set_up(self, cfg: TrainConfig, batches: Iterable | None) -> None:
         # Fail before any work on bad input: the resume point, the model config, the data sources (listed,
         # not read), the out_dir.
         self.resume_path = run_state.resolve_resume(cfg.resume, self.out_dir)
+        self._check_out_dir_owner()
         self.task = make_task(cfg)
         self.eval_sets = self._load_eval_sets()
         self._external_batches = batches
         self.loader = self._make_loader() if batches is None else None
         if self.dist.is_main:
             _check_writable(self.out_dir)
+            self.lock.acquire()
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite and self.resume_path is None and self.dist.is_main:
+            self._clear_previous_run()
 
         # Identical initial weights on every rank (DDP broadcasts anyway; FSDP2 shards what each rank built).
         torch.manual_seed(cfg.seed)
@@ -117,10 +132,42 @@ class Trainer:
         self.last_update_step: int | None = None
         self._step_was_nonfinite = False
         self.last_finite_loss: float | None = None
+        self.stop: StopRequest | None = None  # the signals being watched, while fit runs
+        self.stop_agreed = False  # some rank was asked to stop: every rank stops after this step
         # Dropout-like randomness (patch dropout, DropPath, MIM masks) differs per rank but is reproducible.
         torch.manual_seed(cfg.seed + 1_000_003 * (self.dist.rank + 1))
 
     # ---- set-up -------------------------------------------------------------------------------------------
+    def _check_out_dir_owner(self) -> None:
+        """A fresh run does not write over another run's checkpoints (they would outrank its own on resume), and
+        a resumed run trains the model, loss and optimizer that the checkpoint holds."""
+        cfg = self.cfg
+        if self.resume_path is None:
+            existing = run_state.find_latest(self.out_dir).path
+            if existing is not None and not cfg.overwrite:
+                raise TrainingError(f"out_dir {self.out_dir} holds the checkpoints of an earlier run (newest: "
+                                    f"{existing.name}); continue it with resume=latest, start afresh with "
+                                    "overwrite=true (deletes its checkpoints and metrics), or choose another out_dir")
+            return
+        if cfg.resume_changes_ok:
+            return
+        saved = run_state.read_meta(self.resume_path).get("config") or {}
+        changes = run_state.config_changes(saved, cfg.to_dict())
+        if changes:
+            raise TrainingError(f"resume from {self.resume_path} with a changed config: {'; '.join(changes)}; resume "
+                                "with the checkpoint's settings, or set resume_changes_ok=true if the change is "
+                                "intended")
+
+    def _clear_previous_run(self) -> None:
+        """overwrite=true: the earlier run's checkpoints, metrics and summary go before this run writes its own."""
+        shutil.rmtree(run_state.checkpoint_root(self.out_dir), ignore_errors=True)
+        for name in ("metrics.jsonl", "summary.json", "tensorboard"):
+            target = self.out_dir / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.is_file():
+                target.unlink()
+
     def _wrap(self, model: nn.Module) -> nn.Module:
         if not self.dist.is_distributed:
             return model
@@ -309,6 +356,8 @@ class Trainer:
         if faults.active("nan_grad", step):
             faults.poison_grad(self.raw_model)
         faults.maybe_fail("crash", step)
+        faults.maybe_fail("sigterm", step)
+        faults.maybe_fail("sigterm_launcher", step)
         if scaler is not None:
             scaler.unscale_(self.optimizer)  # clip and check the true gradients; records inf for update()
 
@@ -363,14 +412,19 @@ class Trainer:
 
         The loss is the mean of the ranks' losses (each over an equal share of the batch), which is the
         loss of the global batch (see evaclip.train.loss); rank 0's own loss is only its share. Every rank
-        must agree to skip a non-finite step, or they would diverge. One collective, one host sync per step.
+        must agree to skip a non-finite step, or they would diverge. One collective, one host sync per step;
+        it also carries the ranks' stop requests (a signal may reach only some of them), so that all stop
+        after the same step (:attr:`stop_agreed`).
         """
+        stop = float(self.stop is not None and self.stop.requested)
         values = torch.stack([loss.float().reshape(()), (~torch.isfinite(loss)).float().reshape(()),
-                              (~torch.isfinite(grad_norm)).float().reshape(()).to(loss.device)])
+                              (~torch.isfinite(grad_norm)).float().reshape(()).to(loss.device),
+                              torch.tensor(stop, device=loss.device)])
         if self.dist.is_distributed:
             dist.all_reduce(values)
             values[0] /= self.dist.world_size
-        mean, bad_loss, bad_grad = values.tolist()
+        mean, bad_loss, bad_grad, stops = values.tolist()
+        self.stop_agreed = stops > 0
         return mean, bad_loss == 0, bad_grad == 0
 
     def check_nonfinite(self, step: int) -> None:
@@ -395,6 +449,7 @@ class Trainer:
         if self.model is not self.raw_model and hasattr(self.model, "reducer"):
             self.model = self.raw_model
             gc.collect()
+        self.lock.release()
         if self._owns_group and dist.is_initialized():
             dist.barrier()  # every rank has finished writing before any tears the group down
             dist.destroy_process_group()
@@ -435,6 +490,8 @@ class Trainer:
             open_parts.callback(self._close_loader)
             metrics = MetricsLog(self.out_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
             open_parts.callback(metrics.close)
+            if self.resume_path is not None:
+                metrics.drop_from(self.step)  # the steps after the checkpoint are trained (and logged) again
             if self.dist.is_main:
                 atomic_write_text(self.out_dir / RUN_CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n",
                                   what="training output")
@@ -449,6 +506,7 @@ class Trainer:
             open_parts.callback(progress.close)
             self.model.train()
             clock = StepClock(global_batch, flops, ceiling, self.dist.world_size)
+            self.stop = open_parts.enter_context(StopRequest(cfg.preempt_signals))
             while self.step < cfg.steps:
                 clock.start()
                 try:
@@ -471,12 +529,24 @@ class Trainer:
                     metrics.log(record)
                 self.check_nonfinite(record["step"])
                 progress.update(record)
-                if cadence.checkpoint(self.step):
+                saved = cadence.checkpoint(self.step)
+                if saved:
                     self.save_checkpoint()
+                if self.stop_agreed and self.step < cfg.steps:
+                    self._stop_here(saved)
             if cadence.final_checkpoint:
                 self.save_checkpoint()
             exported = self.export()
         return self._summary(clock, skips, exported)
+
+    def _stop_here(self, saved: bool) -> None:
+        """Preemption: a checkpoint at this step boundary (unless the cadence just wrote it), then out."""
+        path = run_state.checkpoint_root(self.out_dir) / f"step_{self.step:08d}"
+        if not saved:
+            path = self.save_checkpoint()
+        asked = self.stop.signal if self.stop is not None and self.stop.signal else "a signal to another rank"
+        raise Preempted(f"stopped by {asked} after step {self.step} of {self.cfg.steps}: checkpoint {path} written; "
+                        f"continue with resume=latest (exit code {Preempted.exit_code})")
 
     def _close_loader(self) -> None:
         if self.loader is not None:
@@ -498,6 +568,13 @@ class Trainer:
 def train(cfg: TrainConfig, batches: Iterable | None = None) -> dict[str, Any]:
     """Run a whole training job described by ``cfg`` (in this process; use torchrun for several)."""
     trainer = Trainer(cfg, batches)
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except Preempted:
+        trainer.close()  # every rank stops here together, so the collective close is safe
+        raise
+    except BaseException:
+        trainer.lock.release()  # a failed run leaves out_dir free at once, also within this process
+        raise
     trainer.close()
     return summary
