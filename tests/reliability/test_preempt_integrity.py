@@ -12,7 +12,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from rel_kit import QUIET, assert_bit_identical, assert_clean_error, cli, error_lines, final_weights, run, torchrun
+from rel_kit import (QUIET, assert_bit_identical, assert_clean_error, cli, error_lines, final_weights, once, run,
+                     torchrun)
 
 from evaclip.errors import Preempted
 from evaclip.train.run_state import RunLock
@@ -33,11 +34,10 @@ def _assert_preempted(proc, out: Path, step: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- preemption
-def test_sigterm_mid_step_saves_at_the_step_boundary_and_resume_is_bit_identical(tmp_path):
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    reference = run(cli("train", "tiny", *COMMON, f"out_dir={ref}"))
+def test_sigterm_mid_step_saves_at_the_step_boundary_and_resume_is_bit_identical(killed_run, tmp_path):
+    root, _ = killed_run
+    ref, out = root / "ref", tmp_path / "run"  # checkpoint_every does not change the weights
     stopped = run(cli("train", "tiny", *COMMON, f"out_dir={out}"), faults="sigterm@2")
-    assert reference.returncode == 0, reference.stderr[-3000:]
     _assert_preempted(stopped, out, 3)  # the signal came during step 2 (0-based): that step finished first
     lines = error_lines(stopped.stderr)
     assert lines[-1].startswith("evaclip train: stopped by SIGTERM after step 3 of 6") and "resume=latest" in lines[-1]
@@ -48,14 +48,23 @@ def test_sigterm_mid_step_saves_at_the_step_boundary_and_resume_is_bit_identical
     assert not (out / ".lock").exists()
 
 
-@pytest.mark.parametrize("strategy, fault", [("fsdp", "sigterm@2:1"), ("ddp", "sigterm_launcher@2:0")])
-def test_two_ranks_stop_together_and_resume_bit_identical(tmp_path, strategy, fault):
+TWO_RANKS = ["train", "tiny", *COMMON, "strategy=fsdp"]
+
+
+@pytest.fixture(scope="module")
+def two_rank_reference(tmp_path_factory) -> Path:
+    def make(root: Path) -> dict:
+        reference = run(torchrun(*TWO_RANKS, f"out_dir={root / 'ref'}"))
+        assert reference.returncode == 0, reference.stderr[-3000:]
+        return {}
+    return once(tmp_path_factory, "preempt-two-ranks", make)[0] / "ref"
+
+
+@pytest.mark.parametrize("fault", ["sigterm@2:1", "sigterm_launcher@2:0"])
+def test_two_ranks_stop_together_and_resume_bit_identical(two_rank_reference, tmp_path, fault):
     """``sigterm@2:1``: only rank 1 is signalled; the step's collective carries the request, so both ranks stop
     after the same step. ``sigterm_launcher``: torchrun gets SIGTERM and forwards it to both ranks."""
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    args = ["train", "tiny", *COMMON, f"strategy={strategy}"]
-    reference = run(torchrun(*args, f"out_dir={ref}"))
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    ref, out, args = two_rank_reference, tmp_path / "run", TWO_RANKS
     stopped = run(torchrun(*args, f"out_dir={out}"), faults=fault)
     assert stopped.returncode != 0
     # The launcher forwards its signal a moment later, so the ranks may be a step further by then: read the step
@@ -80,12 +89,17 @@ def test_preempt_signals_are_configurable_and_checked(tmp_path):
 # ---------------------------------------------------------------------------------------------- integrity
 @pytest.fixture(scope="module")
 def killed_run(tmp_path_factory):
-    """A run with checkpoints at steps 2 and 4, killed (SIGKILL) during step 5, and an uninterrupted reference."""
-    root = tmp_path_factory.mktemp("integrity")
+    """A run with checkpoints at steps 2 and 4, killed (SIGKILL) during step 5, and an uninterrupted reference
+    (started with resume=auto in an empty out_dir: what a requeueing job script passes the first time)."""
     args = ["train", "tiny", *COMMON, "checkpoint_every=2", "keep_checkpoints=3"]
-    ref = run(cli(*args, f"out_dir={root / 'ref'}"))
-    killed = run(cli(*args, f"out_dir={root / 'run'}"), faults="crash@5")
-    assert ref.returncode == 0 and killed.returncode == -signal.SIGKILL
+
+    def make(root: Path) -> dict:
+        ref = run(cli(*args, f"out_dir={root / 'ref'}", "resume=auto"))
+        killed = run(cli(*args, f"out_dir={root / 'run'}"), faults="crash@5")
+        assert ref.returncode == 0 and killed.returncode == -signal.SIGKILL, ref.stderr[-3000:]
+        return {}
+
+    root, _ = once(tmp_path_factory, "preempt-integrity", make)  # shared by the xdist workers; read-only
     return root, args
 
 
@@ -114,7 +128,7 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.parametrize("damage", ["flipped_byte", "truncated_shard", "malformed_meta", "missing_rank_file"])
 def test_resume_latest_passes_over_a_damaged_newest_checkpoint(killed_run, tmp_path, damage):
     root, args = killed_run
     out = _copy(root / "run", tmp_path / "run")
@@ -127,7 +141,7 @@ def test_resume_latest_passes_over_a_damaged_newest_checkpoint(killed_run, tmp_p
     assert_bit_identical(final_weights(root / "ref"), final_weights(out))
 
 
-@pytest.mark.parametrize("damage", ["flipped_byte", "truncated_shard", "malformed_meta"])
+@pytest.mark.parametrize("damage", ["flipped_metadata", "truncated_shard"])
 def test_a_named_damaged_checkpoint_is_one_line(killed_run, tmp_path, damage):
     root, args = killed_run
     out = _copy(root / "run", tmp_path / "run")
@@ -156,7 +170,8 @@ def test_a_second_run_into_a_locked_out_dir_is_refused_naming_the_holder(tmp_pat
         assert_clean_error(proc, "in use by another run", "pid")
     finally:
         lock.release()
-    assert run(cli("train", "tiny", *COMMON, f"out_dir={out}")).returncode == 0  # free again
+    again = run(cli("train", "tiny", *COMMON, f"out_dir={out}", "steps=3"))
+    assert again.returncode == 0, again.stderr[-3000:]  # free again
 
 
 def test_a_fresh_run_over_old_checkpoints_is_refused_unless_overwrite(killed_run, tmp_path):
@@ -179,3 +194,11 @@ def test_resume_with_a_changed_model_or_loss_lists_the_changes(killed_run, tmp_p
     assert_clean_error(proc, "changed config", "loss.kind", "optim.weight_decay", "resume_changes_ok=true")
     lower_lr = run(cli(*args, f"out_dir={out}", "resume=latest", "optim.lr=1e-4"))  # what a stop message advises
     assert lower_lr.returncode == 0, lower_lr.stderr[-3000:]
+
+
+def test_resume_auto_continues_from_the_newest_good_checkpoint(killed_run, tmp_path):
+    root, args = killed_run
+    out = _copy(root / "run", tmp_path / "run")
+    resumed = run(cli(*args, f"out_dir={out}", "resume=auto"))
+    assert resumed.returncode == 0 and "step_00000004" in resumed.stderr, resumed.stderr[-3000:]
+    assert_bit_identical(final_weights(root / "ref"), final_weights(out))
