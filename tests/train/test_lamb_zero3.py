@@ -123,16 +123,15 @@ def _load_worker(name: str):
 
 def test_zero3_on_fsdp2_shards_matches_one_process(tmp_path):
     # 2 ranks hold rows of each tensor; the 3 ZeRO-3 slices cut across them: the sums must be all-reduced.
-    worker = _load_worker("fsdp_lamb_zero3_worker")
-    _load_worker("torchrun").run_torchrun(worker.__file__, str(tmp_path / "fsdp.pt"), nproc=2)
+    worker = _load_worker("fsdp_lamb_worker")
+    _load_worker("torchrun").run_torchrun(worker.__file__, str(tmp_path / "fsdp.pt"), "zero3", nproc=2)
     sharded = torch.load(tmp_path / "fsdp.pt", weights_only=True)
     model, start = worker.make_model(), worker.make_model()
-    worker.train(model, rank=0, world_size=1)
+    worker.train(model, rank=0, world_size=1, trust_ratio="zero3")
     for name, p in model.named_parameters():
         assert not torch.allclose(p, dict(start.named_parameters())[name])
         torch.testing.assert_close(sharded[name], p.detach(), msg=name)
     # the rule took effect: the per-tensor rule on the same batches ends elsewhere
-    tensor_rule = _load_worker("fsdp_lamb_worker")
-    other = tensor_rule.make_model()
-    tensor_rule.train(other, rank=0, world_size=1)
+    other = worker.make_model()
+    worker.train(other, rank=0, world_size=1)
     assert any(not torch.allclose(a, b) for a, b in zip(other.parameters(), model.parameters()))
