@@ -29,16 +29,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-
-
-def _commands() -> dict[str, tuple[str, str]]:
-    """The built-in commands, then those of installed extensions (a built-in name wins)."""
-    table = dict(COMMANDS)
+def _commands() -> dict[str, tuple[str, str | None]]:
+    """The built-in commands, then those of installed extensions (a built-in name wins). An extension's help
+    line is its module's ``HELP``: None here, read by :func:`build_parser` only when the listing is shown."""
+    table: dict[str, tuple[str, str | None]] = dict(COMMANDS)
     for name, module_name in plugins.commands().items():
-        if name not in table:
-            module = _import(module_name)
-            table[name] = (module_name, getattr(module, "HELP", "") if module else "(not importable)")
+        table.setdefault(name, (module_name, None))
     return table
+
+
+def _help(module_name: str) -> str:
+    module = _import(module_name)
+    return getattr(module, "HELP", "") if module is not None else "(not importable)"
 
 
 def _import(module_name: str):
@@ -57,12 +59,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"evaclip {self.prog.split(' ', 1)[-1]}: error: {message} (see --help)\n")
 
 
-def build_parser(command: str | None = None, table: dict[str, tuple[str, str]] | None = None
+def build_parser(command: str | None = None, table: dict[str, tuple[str, str | None]] | None = None
                  ) -> argparse.ArgumentParser:
     table = _commands() if table is None else table
     parser = _Parser(prog="evaclip", description="EVA-CLIP: models, training, weak-to-strong, evaluation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module_name, help_text) in table.items():
+        if help_text is None and command in (None, name):  # only the listing and the command itself show it
+            help_text = _help(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         # Only the command being run needs its full argument list (and its imports).
         if command == name:
@@ -91,11 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(module.run(args) or 0)
-    except Preempted as e:  # not a failure: the run stopped where it can continue
-        print(f"evaclip {args.command}: {e}", file=sys.stderr)
-        return e.exit_code
     except EvaclipError as e:
-        print(f"evaclip {args.command}: error: {e}", file=sys.stderr)
+        kind = "" if isinstance(e, Preempted) else "error: "  # a preempted run did not fail: it can continue
+        print(f"evaclip {args.command}: {kind}{e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # e.g. `evaclip ... | head`: the reader left; nothing more to say
         sys.stderr.close()

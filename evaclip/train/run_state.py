@@ -132,6 +132,23 @@ def read_meta(path: Path) -> dict[str, Any]:
 _HASH_CHUNK = 8 << 20
 
 
+def _check_listing(path: Path) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """(what is wrong with meta.json or the presence and sizes of the files it lists, or None; that list)."""
+    try:
+        files = read_meta(path).get("files") or {}
+    except TrainingError as e:
+        return str(e), {}
+    if not isinstance(files, dict) or not all(isinstance(w, dict) for w in files.values()):
+        return "meta.json's file list is malformed", {}
+    for name, want in sorted(files.items()):
+        f = path / name
+        if Path(name).name != name or not f.is_file():
+            return f"{name} is missing", files
+        if f.stat().st_size != want.get("bytes"):
+            return f"{name} has {f.stat().st_size} bytes, {want.get('bytes')} were written (truncated?)", files
+    return None, files
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -155,33 +172,13 @@ def _digest_files(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
 def verify(path: Path) -> str | None:
     """None if the checkpoint at ``path`` is whole, else what is wrong with it (one phrase). A collective: the
     ranks share the hashing; every rank returns the same answer."""
-    problem: str | None = None
-    files: dict[str, dict[str, Any]] = {}
-    try:
-        meta = read_meta(path)
-        files = meta.get("files") or {}
-        if not isinstance(files, dict):
-            problem = "meta.json's file list is malformed"
-    except TrainingError as e:
-        problem = str(e)
-    if problem is None and not files:
-        # Written before checksums existed: nothing to compare against, so only the shape of the folder is checked.
-        _warn(f"checkpoint {path} has no checksums (written by an older evaclip); loading it unverified")
-        return None
-    if problem is None:
-        for name, want in sorted(files.items()):
-            f = path / name
-            if Path(name).name != name or not f.is_file():
-                problem = f"{name} is missing"
-                break
-            if f.stat().st_size != want.get("bytes"):
-                problem = f"{name} has {f.stat().st_size} bytes, {want.get('bytes')} were written (truncated?)"
-                break
-    # Every rank reaches the collective below, whatever it found above.
-    problems = gather_objects(problem)
-    problem = next((p for p in problems if p), None)
+    problem, files = _check_listing(path)
+    problem = next((p for p in gather_objects(problem) if p), None)  # every rank takes the first problem found
     if problem is not None:
         return problem
+    if not files:  # written before checksums existed: nothing to compare against
+        _warn(f"checkpoint {path} has no checksums (written by an older evaclip); loading it unverified")
+        return None
     got = _digest_files(path, list(files))
     bad = sorted(n for n, want in files.items() if got[n]["sha256"] != want.get("sha256"))
     if bad:

@@ -355,9 +355,8 @@ class Trainer:
             (scaler.scale(loss) if scaler is not None else loss).backward()
         if faults.active("nan_grad", step):
             faults.poison_grad(self.raw_model)
-        faults.maybe_fail("crash", step)
-        faults.maybe_fail("sigterm", step)
-        faults.maybe_fail("sigterm_launcher", step)
+        for kind in ("crash", "sigterm", "sigterm_launcher"):  # mid-step: after backward, before the update
+            faults.maybe_fail(kind, step)
         if scaler is not None:
             scaler.unscale_(self.optimizer)  # clip and check the true gradients; records inf for update()
 

@@ -63,7 +63,7 @@ def _load_all() -> None:
         except ModuleNotFoundError as e:
             if e.name is None or not m.startswith(e.name):  # an extension's own import failed: say so
                 raise
-            raise ConfigError(f"recipe module {m!r} (an installed extension or ${{EVACLIP_PLUGINS}}) cannot be "
+            raise ConfigError(f"recipe module {m!r} (an installed extension or $EVACLIP_PLUGINS) cannot be "
                               f"imported: no module named {e.name!r}") from None
 
 
