@@ -42,7 +42,8 @@ TEACHER_STEPS, MIM_STEPS, STUDENT_STEPS = 2000, 250, 350
 
 def _base(recipe: str, model: str, steps: int, lr: float, visual_ld: float = 1.0, warmup: int = 50) -> TrainConfig:
     return TrainConfig(
-        out_dir=f"runs/{recipe}",  # where the next recipe of the chain looks for this one's weights steps=steps, seed=0, precision="fp32", checkpoint_every=0, log_every=10,
+        # out_dir: where the next recipe of the chain looks for this one's weights
+        out_dir=f"runs/{recipe}", steps=steps, seed=0, precision="fp32", checkpoint_every=0, log_every=10,
         tensorboard=False,
         model=ModelSection(name=model),
         # Not resampled: every epoch is a fresh permutation of all pairs (the dataset is small).
