@@ -36,6 +36,14 @@ class DataConfig:
     # `data.sources=A::B` on the command line); None keeps each source's weight.
     weights: list[float] | None = None
     batch_size: int = 32
+    # The batch of one step over all ranks; when set it wins over batch_size, which becomes
+    # global_batch_size / world_size. A run with it set trains on the same samples on any world size that
+    # divides both it and canonical_streams (see evaclip.data.order).
+    global_batch_size: int | None = None
+    # The global sample order is read from this many canonical streams, whatever the number of ranks and
+    # workers that serve them (MosaicML Streaming's canonical nodes): world sizes must divide it. 120 = 2^3*3*5
+    # divides 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 24, 30, 40, 60, 120; a 360-GPU run sets 360 or 720.
+    canonical_streams: int = 120
     num_workers: int = 2
     # Shards drawn with replacement, each worker with its own seed (the paper's --dataset-resampled); False
     # reads the shards in per-epoch permutations split over ranks and workers.
@@ -81,7 +89,13 @@ class DataConfig:
                                   "numbers > 0")
             if s.weight <= 0:
                 raise ConfigError(f"data source {s.name or s.urls!r} has weight {s.weight!r}; weights must be > 0")
-        positive = {"batch_size": self.batch_size, "interleave": self.interleave,
+        if self.global_batch_size is not None and (not isinstance(self.global_batch_size, int)
+                                                   or isinstance(self.global_batch_size, bool)
+                                                   or self.global_batch_size < 1):
+            raise ConfigError(f"data.global_batch_size must be a positive integer or None, got "
+                              f"{self.global_batch_size!r}")
+        positive = {"batch_size": self.batch_size, "canonical_streams": self.canonical_streams,
+                    "interleave": self.interleave,
                     "shuffle_window": self.shuffle_window, "context_length": self.context_length,
                     "max_image_pixels": self.max_image_pixels, "max_caption_chars": self.max_caption_chars,
                     "max_member_bytes": self.max_member_bytes, "prefetch_factor": self.prefetch_factor}
@@ -99,6 +113,25 @@ class DataConfig:
         if len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi) or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
             raise ConfigError(f"data.crop_scale must be two numbers 0 < low <= high <= 1, got {self.crop_scale!r}")
         self.crop_scale = (float(lo_hi[0]), float(lo_hi[1]))
+
+
+    def global_batch(self, world_size: int) -> int:
+        """The samples of one step over all ranks."""
+        return self.global_batch_size if self.global_batch_size is not None else self.batch_size * world_size
+
+    def rank_batch(self, world_size: int) -> int:
+        """This rank's share of a step's batch; ConfigError when ``world_size`` cannot serve the global order
+        (it must divide the global batch and ``canonical_streams``), naming the sizes that can."""
+        batch = self.global_batch(world_size)
+        fits = math.gcd(batch, self.canonical_streams)
+        if fits % world_size:
+            sizes = [n for n in range(1, fits + 1) if fits % n == 0]
+            shown = ", ".join(map(str, sizes[:16])) + (", ..." if len(sizes) > 16 else "")
+            raise ConfigError(f"{world_size} processes cannot share the global batch of {batch} read from "
+                              f"data.canonical_streams={self.canonical_streams} streams evenly; run on {shown} "
+                              "processes, or set data.canonical_streams (and data.global_batch_size) to a multiple "
+                              f"of {world_size}")
+        return batch // world_size
 
 
 def parse_sources(spec: str, weights: str | list[float] | None = None) -> list[DataSource]:

@@ -122,12 +122,12 @@ def _read_bytes(path: str | None) -> bytes | None:
 
 
 class ItemStream:
-    """Raw samples of one CSV/folder source for one worker, in the same shape as tar samples."""
+    """Raw samples of one CSV/folder source for one canonical stream, in the same shape as tar samples."""
 
-    def __init__(self, source: ResolvedSource, *, seed: int, source_index: int, worker: int, num_streams: int,
+    def __init__(self, source: ResolvedSource, *, seed: int, source_index: int, stream: int, num_streams: int,
                  resampled: bool):
         self.source = source
-        self.order = DrawOrder(source.size, seed=seed, source=source_index, worker=worker,
+        self.order = DrawOrder(source.size, seed=seed, source=source_index, stream=stream,
                                num_streams=num_streams, resampled=resampled)
         self.next_draw = 0
 

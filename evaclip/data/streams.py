@@ -1,12 +1,22 @@
-"""Per-worker streams of raw samples from one source, with a position that is a few integers.
+"""Per-stream readers of raw samples from one source, with a position that is a few integers.
 
-Each DataLoader worker of each rank is one "stream slot" g in [0, W), W = world_size * max(num_workers, 1).
-A stream turns draws j = 0, 1, 2, ... into shards (or CSV/folder items) with :class:`DrawOrder`:
+Stream g of W is one canonical stream (:mod:`evaclip.data.order`; W = ``data.canonical_streams``). A stream
+turns draws j = 0, 1, 2, ... into shards (or CSV/folder items) with :class:`DrawOrder`:
 
-- resampled: every draw picks one of all N shards uniformly with replacement, from the worker's own seed;
-- epochs: epoch e is a permutation of all N shards (the same on every worker, seeded by (seed, source, e)) and
-  worker g takes entries g, g+W, g+2W, ... A worker that gets no shard at all (N < W) falls back to resampling
-  all shards with its own seed, so no worker ever waits on an empty list; a warning says so.
+- resampled: every draw picks one of all N units uniformly with replacement, from the stream's own seed;
+- epochs: epoch e is a permutation of all N units (the same for every stream, seeded by (seed, source, e)) and
+  stream g takes entries g, g+W, g+2W, ... A stream that gets no unit at all (N < W) falls back to resampling
+  all units with its own seed, so no stream ever waits on an empty list; a warning says so.
+
+For shards a unit is a stride of a shard: with fewer shards than streams, shard i is split into
+k = ceil(W / N) parts (samples q, q+k, q+2k, ... for part q), so that every stream has units of its own, an
+epoch still reads every sample once, and streams reading one shard at once do not hand out the same samples
+(each part-reader reads the whole shard but decodes only its part: k times the I/O of small data).
+
+Epochs are exact passes when every stream gets an equal share (equal shards, N * k a multiple of W). Otherwise
+streams read at the same rate but own unequal shares, so a stream that finishes its share starts the next
+epoch's while others finish theirs, and over many epochs the samples of the larger shares are seen less often.
+Resampling (the paper's setting) has neither edge.
 
 :class:`ShardStream` reads `interleave` shards at once and picks which one gives the next sample at random,
 and shuffles samples within windows of `shuffle_window` consecutive samples of a shard. Its position is, per
@@ -26,17 +36,17 @@ log = logging.getLogger(__name__)
 
 
 class DrawOrder:
-    """Maps a draw number j to an index in [0, num_items) for worker g of W (see the module docstring)."""
+    """Maps a draw number j to an index in [0, num_items) for stream g of W (see the module docstring)."""
 
-    def __init__(self, num_items: int, *, seed: int, source: int, worker: int, num_streams: int, resampled: bool):
+    def __init__(self, num_items: int, *, seed: int, source: int, stream: int, num_streams: int, resampled: bool):
         self.num_items, self.seed, self.source = num_items, seed, source
-        self.worker, self.num_streams = worker, num_streams
-        self.per_epoch = len(range(worker, num_items, num_streams))
+        self.stream, self.num_streams = stream, num_streams
+        self.per_epoch = len(range(stream, num_items, num_streams))
         self.resampled = resampled or self.per_epoch == 0
-        if not resampled and self.per_epoch == 0:
-            log.warning("source %d: %d items for %d workers in all, worker %d has none and resamples all items",
-                        source, num_items, num_streams, worker)
-        self._uniform = R.BlockChoices((seed, R.DRAW, source, worker), num_items)
+        if not resampled and stream == num_items:  # the first stream left without an item says it for all
+            log.warning("source %d: %d items for %d streams, streams %d..%d have none and resample all items",
+                        source, num_items, num_streams, num_items, num_streams - 1)
+        self._uniform = R.BlockChoices((seed, R.DRAW, source, stream), num_items)
         self._epoch, self._mine = -1, None
 
     def epoch(self, j: int) -> int:
@@ -49,15 +59,17 @@ class DrawOrder:
         epoch, pos = divmod(j, self.per_epoch)
         if epoch != self._epoch:
             perm = R.rng(self.seed, R.EPOCH, self.source, epoch).permutation(self.num_items)
-            self._epoch, self._mine = epoch, perm[self.worker::self.num_streams]
+            self._epoch, self._mine = epoch, perm[self.stream::self.num_streams]
         return int(self._mine[pos])
 
 
 class _OpenShard:
     """One shard being read: yields its samples in window-shuffled order, counting how many were consumed."""
 
-    def __init__(self, url: str, draw: int, consumed: int, window: int, key: tuple[int, ...], max_member_bytes: int):
+    def __init__(self, url: str, draw: int, consumed: int, window: int, key: tuple[int, ...], max_member_bytes: int,
+                 part: int = 0, parts: int = 1):
         self.url, self.draw, self.consumed, self.window = url, draw, consumed, window
+        self.part, self.parts = part, parts
         self.key, self.max_member_bytes = key, max_member_bytes
         self.reader: TarSampleReader | None = None
         self._it: Iterator[dict] | None = None
@@ -71,7 +83,8 @@ class _OpenShard:
         start = self.consumed - self.consumed % self.window
         if start != self._buf_start:
             if self._it is None:
-                self.reader = TarSampleReader(self.url, skip=start, max_member_bytes=self.max_member_bytes)
+                self.reader = TarSampleReader(self.url, skip=self.part + start * self.parts,
+                                              max_member_bytes=self.max_member_bytes, stride=self.parts)
                 self._it = iter(self.reader)
             self._buf = [s for _, s in zip(range(self.window), self._it)]
             order = R.rng(*self.key, self.draw, start // self.window).permutation(len(self._buf))
@@ -89,7 +102,7 @@ class _OpenShard:
 
 
 class ShardStream:
-    """Raw samples of one webdataset source for one worker; see the module docstring."""
+    """Raw samples of one webdataset source for one canonical stream; see the module docstring."""
 
     def __init__(
         self,
@@ -97,7 +110,7 @@ class ShardStream:
         *,
         seed: int,
         source: int,
-        worker: int,
+        stream: int,
         num_streams: int,
         resampled: bool,
         interleave: int,
@@ -106,10 +119,16 @@ class ShardStream:
         count: Callable[[str], None],
     ):
         self.urls = urls
-        self.order = DrawOrder(len(urls), seed=seed, source=source, worker=worker, num_streams=num_streams,
-                               resampled=resampled)
-        self.slot_choice = R.BlockChoices((seed, R.SLOT, source, worker), interleave)
-        self.window_key = (seed, R.WINDOW, source, worker)
+        self.parts = max(1, -(-num_streams // len(urls)))  # strides per shard (see the module docstring)
+        self.order = DrawOrder(len(urls) * self.parts, seed=seed, source=source, stream=stream,
+                               num_streams=num_streams, resampled=resampled)
+        units = len(urls) * self.parts
+        if not resampled and stream == 0 and units % num_streams:
+            log.warning("source %d: %d shards (x%d parts) do not split evenly over %d canonical streams; epochs "
+                        "overlap at their edges and some samples are seen less often (use a shard count that "
+                        "divides evenly, or data.resampled=true)", source, len(urls), self.parts, num_streams)
+        self.slot_choice = R.BlockChoices((seed, R.SLOT, source, stream), interleave)
+        self.window_key = (seed, R.WINDOW, source, stream)
         self.interleave, self.shuffle_window, self.max_member_bytes = interleave, shuffle_window, max_member_bytes
         self.count = count
         self.next_draw = 0
@@ -119,8 +138,9 @@ class ShardStream:
         self.max_empty_run = 10 * len(urls) + 10
 
     def _open(self, draw: int, consumed: int = 0) -> _OpenShard:
-        url = self.urls[self.order(draw)]
-        return _OpenShard(url, draw, consumed, self.shuffle_window, self.window_key, self.max_member_bytes)
+        part, shard = divmod(self.order(draw), len(self.urls))
+        return _OpenShard(self.urls[shard], draw, consumed, self.shuffle_window, self.window_key,
+                          self.max_member_bytes, part, self.parts)
 
     def next_sample(self) -> dict:
         i = self.slot_choice(self.choices)
@@ -153,10 +173,12 @@ class ShardStream:
 
     def _finish(self, shard: _OpenShard) -> None:
         shard.close()
-        if shard.reader is not None and shard.reader.error:
+        if shard.reader is not None and shard.reader.error and shard.part == 0:  # a shard's damage counts once
             self.count(shard.reader.error)
             log.warning("shard %s: %s (%s)", shard.url, shard.reader.error, shard.reader.error_detail)
-        if shard.yielded == 0:
+        # A part of a shard with fewer samples than parts can be empty; only a shard without samples is suspect.
+        read_samples = shard.reader is not None and shard.reader.samples > 0
+        if shard.yielded == 0 and not read_samples:
             self.empty_run += 1
             if self.empty_run > self.max_empty_run:
                 raise DatasetError(

@@ -33,18 +33,22 @@ def split_member_name(name: str) -> tuple[str, str] | None:
 class TarSampleReader:
     """Iterate the samples (dicts `{"__key__", "__url__", ext: bytes, ...}`) of one tar shard.
 
-    `skip` samples are passed over without reading their data (used to resume inside a shard). Members larger
+    `skip` samples are passed over without reading their data (used to resume inside a shard); after them, every
+    `stride`-th sample is yielded and the others are passed over too (a shard shared by several streams, each
+    reading its own stride of it). Members larger
     than `max_member_bytes` are not read; their sample carries `"__skip__": "oversized_member"`.
     After iteration, `error` is None for a clean shard, or one of "unreadable_shard" (could not be opened)
     and "truncated_tar" (damaged or cut short while reading).
     """
 
-    def __init__(self, url: str, skip: int = 0, max_member_bytes: int = 256 << 20):
+    def __init__(self, url: str, skip: int = 0, max_member_bytes: int = 256 << 20, stride: int = 1):
         self.url = url
         self.skip = skip
+        self.stride = stride
         self.max_member_bytes = max_member_bytes
         self.error: str | None = None
         self.error_detail = ""
+        self.samples = 0  # samples in the shard (all of them, also those passed over), known once it has been read
 
     def __iter__(self) -> Iterator[dict]:
         try:
@@ -58,6 +62,9 @@ class TarSampleReader:
     def _read(self, fileobj) -> Iterator[dict]:
         current: dict | None = None
         index = 0  # index of `current` among the shard's samples
+
+        def wanted(i: int) -> bool:
+            return i >= self.skip and (i - self.skip) % self.stride == 0
         try:
             with tarfile.open(fileobj=fileobj, mode="r|*") as tf:
                 for member in tf:
@@ -67,12 +74,13 @@ class TarSampleReader:
                     key, ext = parts
                     if current is None or current["__key__"] != key:
                         if current is not None:
-                            if index >= self.skip:
+                            if wanted(index):
                                 yield current
                             index += 1
                         current = {"__key__": key, "__url__": self.url}
-                    if index < self.skip or ext in current:
-                        continue  # skipping, or a duplicate member: keep the first
+                        self.samples = index + 1
+                    if not wanted(index) or ext in current:
+                        continue  # passed over, or a duplicate member: keep the first
                     if member.size > self.max_member_bytes:
                         current["__skip__"] = "oversized_member"
                         continue
@@ -85,7 +93,7 @@ class TarSampleReader:
         except _READ_ERRORS as e:
             self.error, self.error_detail = "truncated_tar", f"{type(e).__name__}: {e}"
             return
-        if current is not None and index >= self.skip:
+        if current is not None and wanted(index):
             yield current
 
 

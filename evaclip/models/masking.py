@@ -116,12 +116,18 @@ class BlockMaskGenerator:
             count = int(mask.sum())
         return mask, blocks
 
-    def __call__(self, batch_size: int, rng: RandomSource = None) -> torch.Tensor:
-        """``batch_size`` masks as a BoolTensor[B, grid*grid] (row-major, the order of the patch tokens)."""
-        gen = as_numpy_generator(rng)
+    def __call__(self, batch_size: int, rng: RandomSource | list[int] = None) -> torch.Tensor:
+        """``batch_size`` masks as a BoolTensor[B, grid*grid] (row-major, the order of the patch tokens).
+
+        ``rng`` may also be one integer seed per sample: each mask is then a function of its own seed alone
+        (the trainer keys them by the samples' global positions)."""
+        per_sample = isinstance(rng, list)
+        if per_sample and len(rng) != batch_size:
+            raise ValueError(f"{len(rng)} mask seeds for a batch of {batch_size}")
+        gen = None if per_sample else as_numpy_generator(rng)
         masks = np.zeros((batch_size, self.grid * self.grid), dtype=bool)
         for i in range(batch_size):
-            masks[i] = self.sample(gen)[0].reshape(-1)
+            masks[i] = self.sample(np.random.default_rng(rng[i]) if per_sample else gen)[0].reshape(-1)
         return torch.from_numpy(masks)
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from evaclip.errors import ConfigError
 from evaclip.models.checkpoint import LoadReport, load_checkpoint, save_file
 from evaclip.models.config import VisionConfig
-from evaclip.models.layers import trunc_normal_
+from evaclip.models.init import trunc_normal_
 from evaclip.models.vision import EVAVisionTransformer
 
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from evaclip.models import init
 from evaclip.models.config import TextConfig
 from evaclip.models.layers import LayerNorm, QuickGELU
 
@@ -103,17 +104,17 @@ class TextTransformer(nn.Module):
     def init_weights(self) -> None:
         """CLIP's init: scaled normals for the projections, so the residual stream does not grow with depth."""
         w, n = self.cfg.width, self.cfg.layers
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.positional_embedding, std=0.01)
+        init.normal_(self.token_embedding.weight, std=0.02)
+        init.normal_(self.positional_embedding, std=0.01)
         proj_std, attn_std, fc_std = w**-0.5 * (2 * n) ** -0.5, w**-0.5, (2 * w) ** -0.5
         for blk in self.transformer.resblocks:
-            nn.init.normal_(blk.attn.in_proj_weight, std=attn_std)
+            init.normal_(blk.attn.in_proj_weight, std=attn_std)
             nn.init.zeros_(blk.attn.in_proj_bias)
-            nn.init.normal_(blk.attn.out_proj.weight, std=proj_std)
+            init.normal_(blk.attn.out_proj.weight, std=proj_std)
             nn.init.zeros_(blk.attn.out_proj.bias)
-            nn.init.normal_(blk.mlp.c_fc.weight, std=fc_std)
+            init.normal_(blk.mlp.c_fc.weight, std=fc_std)
             nn.init.zeros_(blk.mlp.c_fc.bias)
-            nn.init.normal_(blk.mlp.c_proj.weight, std=proj_std)
+            init.normal_(blk.mlp.c_proj.weight, std=proj_std)
             nn.init.zeros_(blk.mlp.c_proj.bias)
             for ln in (blk.ln_1, blk.ln_2):
                 nn.init.ones_(ln.weight)
@@ -124,7 +125,7 @@ class TextTransformer(nn.Module):
 
     @torch.no_grad()
     def reset_projection(self) -> None:
-        nn.init.normal_(self.text_projection, std=self.cfg.width**-0.5)
+        init.normal_(self.text_projection, std=self.cfg.width**-0.5)
 
     def init_buffers(self) -> None:
         """No non-persistent buffers: the causal mask is SDPA's ``is_causal``."""

@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from evaclip.models.config import VisionConfig
-from evaclip.models.layers import (Block, RMSNorm, VisionRope, init_scale_for_depth, make_norm, patch_dropout,
-                                   trunc_normal_)
+from evaclip.models.init import conv_default_, trunc_normal_
+from evaclip.models.layers import Block, RMSNorm, VisionRope, init_scale_for_depth, make_norm, patch_dropout
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 
@@ -60,7 +60,7 @@ class EVAVisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(cfg.width, cfg.heads, cfg.mlp_hidden, qkv_bias=cfg.qkv_bias, postnorm=cfg.postnorm, norm=norm,
                   eps=eps, subln=cfg.subln, swiglu=cfg.naiveswiglu, drop_path=dpr[i],
-                  ls_init_value=cfg.ls_init_value)
+                  ls_init_value=cfg.ls_init_value, index=i)
             for i in range(cfg.layers))
         if cfg.global_average_pool:
             self.norm, self.fc_norm = nn.Identity(), make_norm(norm, cfg.width, eps)
@@ -78,7 +78,7 @@ class EVAVisionTransformer(nn.Module):
         # The official init touches only Linear and LayerNorm; the rest keeps PyTorch's defaults, which are
         # set explicitly here so that a model built on the meta device and materialised with to_empty()
         # gets the same distribution of weights.
-        self.patch_embed.proj.reset_parameters()
+        conv_default_(self.patch_embed.proj)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight)

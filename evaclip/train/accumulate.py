@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from evaclip.models import sample_rng
+
 
 def _rng_state(device: torch.device):
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -54,11 +56,14 @@ def cached_feature_step(model: nn.Module, loss_fn: Callable, images: torch.Tenso
     """
     device = images.device
     pieces = list(zip(images.chunk(chunks), tokens.chunk(chunks)))
+    # Per-sample keys (sample_rng) follow their samples into the micro-batches.
+    keys = sample_rng.current()
+    key_pieces = list(keys.chunk(chunks)) if keys is not None else [None] * len(pieces)
     states, img_feats, txt_feats = [], [], []
     with torch.no_grad():
-        for im, tk in pieces:
+        for (im, tk), key in zip(pieces, key_pieces):
             states.append(_rng_state(device))
-            with autocast():
+            with autocast(), sample_rng.per_sample(key):
                 f_img, f_txt, scale = model(im, tk)
             img_feats.append(f_img.float())
             txt_feats.append(f_txt.float())
@@ -74,7 +79,7 @@ def cached_feature_step(model: nn.Module, loss_fn: Callable, images: torch.Tenso
         _set_rng_state(states[i], device)
         last = i == len(pieces) - 1
         with _gradient_sync(model, last):
-            with autocast():
+            with autocast(), sample_rng.per_sample(key_pieces[i]):
                 f_img, f_txt, s = model(im, tk)
             # d(surrogate)/d(params) = the full-batch gradient flowing through this micro-batch. The logit
             # scale is used by every micro-batch: each passes on an equal share of its gradient.

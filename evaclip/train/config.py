@@ -166,7 +166,7 @@ class TrainConfig:
             if self.task != "clip" or self.loss.kind != "clip":
                 raise ConfigError("accum_steps > 1 is exact only for the CLIP contrastive loss (task=clip, "
                                   "loss.kind=clip); use a smaller batch or gradient checkpointing instead")
-            if self.data.batch_size % self.accum_steps:
+            if self.data.global_batch_size is None and self.data.batch_size % self.accum_steps:
                 raise ConfigError(f"data.batch_size ({self.data.batch_size}) must be a multiple of accum_steps "
                                   f"({self.accum_steps})")
         for name in self.preempt_signals:
@@ -336,6 +336,9 @@ def apply_overrides(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
         apply_override(cfg, a)
     if "optim.lr" in keys:
         _scale_tower_lrs(cfg, old_lr, keys)
+    if "data.batch_size" in keys and "data.global_batch_size" not in keys:
+        # Two ways to give one number: a per-rank batch on the command line replaces the recipe's global one.
+        cfg.data.global_batch_size = None
     cfg.validate()
     return cfg
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from evaclip import transforms
 from evaclip.models.flops import mim_training_flops
+from evaclip.models import sample_rng
 from evaclip.models.masking import BlockMaskGenerator
 from evaclip.models.mim import MIMStudent, MIMTeacher, mim_step_loss
 from evaclip.train.config import TrainConfig
@@ -100,9 +101,12 @@ class MIMTask(Task):
         return _NoTokens()
 
     def loss(self, model: nn.Module, loss_fn, images: torch.Tensor, tokens: torch.Tensor):
-        # Masks come from the global torch RNG, which checkpoints save and restore: resume stays exact.
-        seed = int(torch.randint(0, 2**31 - 1, (1,)))
-        mask = self.masker(images.shape[0], seed).to(images.device)
+        # Each sample's mask is keyed by the sample (its global position, set by the trainer), so it is the same
+        # on any number of processes; without keys, one seed from the global torch RNG.
+        seeds = sample_rng.sub_keys(sample_rng.current(), sample_rng.MIM_MASK)
+        if seeds is None:
+            seeds = int(torch.randint(0, 2**31 - 1, (1,)))
+        mask = self.masker(images.shape[0], seeds).to(images.device)
         loss, metrics = mim_step_loss(model, self.teacher, images, mask)
         return loss, {k: v for k, v in metrics.items() if k != "loss"}
 

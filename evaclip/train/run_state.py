@@ -1,10 +1,12 @@
 """Resumable training checkpoints: sharded model + optimizer state (``torch.distributed.checkpoint``), the
-data position and RNG state of every rank, and the step.
+global data position, the RNG state of every rank, and the step. A checkpoint resumes on any world size and
+strategy: DCP reshards the model and optimizer state, and the data position does not depend on the ranks.
 
 Layout of ``out_dir/checkpoints/step_00000100/``::
 
     .metadata, __*_*.distcp   model and optimizer state, sharded as trained (FSDP2 DTensors or full tensors)
-    rank_00000.json            that rank's data-loader position and RNG states
+    data.json                  the global data position (every canonical stream's counters; evaclip.data.order)
+    rank_00000.json            that rank's RNG states
     meta.json                  step, world size, config, and the size and SHA-256 of every other file; written last
 
 A checkpoint is written into ``step_XXXXXXXX.partial/`` and renamed only when every rank has finished, so a
@@ -220,8 +222,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def save(out_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         *, rank_state: dict[str, Any], meta: dict[str, Any], keep: int = 2) -> Path:
-    """Write a checkpoint collectively (every rank calls this) and prune old ones, keeping ``keep``."""
+         *, data_state: dict[str, Any] | None, meta: dict[str, Any], keep: int = 2) -> Path:
+    """Write a checkpoint collectively (every rank calls this) and prune old ones, keeping ``keep``.
+    ``data_state`` (the global data position) is written by rank 0, the one that holds it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -242,7 +245,9 @@ def save(out_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torc
         with _single_process_quiet():
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
         faults.maybe_fail("checkpoint_write", step)
-        _write_json(tmp / f"rank_{rank:05d}.json", {"rank_state": rank_state, "rng": _rng_state()})
+        _write_json(tmp / f"rank_{rank:05d}.json", {"rng": _rng_state()})
+        if rank == 0 and data_state is not None:
+            _write_json(tmp / "data.json", data_state)
         barrier()
         files = _digest_files(tmp, [p.name for p in tmp.iterdir() if p.is_file()])
         if rank == 0:
@@ -292,8 +297,9 @@ def _prune(root: Path, keep: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Restore model, optimizer and this rank's RNG; return (meta, rank_state)."""
+def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict | None]:
+    """Restore model and optimizer (resharded to this run's world size and strategy) and, where this rank existed
+    in the saved run, its RNG; return (meta, the global data position or None)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -301,17 +307,18 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     rank, world = get_rank(), get_world_size()
     _check_metadata(path)
     meta = read_meta(path)
-    if meta.get("world_size", 1) != world:
-        raise TrainingError(f"checkpoint {path} was written by {meta.get('world_size')} processes, this run has "
-                            f"{world}; exact resume needs the same world size (the data position is per rank)")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     with _single_process_quiet():
         dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    per_rank = json.loads((path / f"rank_{rank:05d}.json").read_text())
-    _set_rng_state(per_rank["rng"])
-    return meta, per_rank["rank_state"]
+    # The RNG of a rank that the saved run had (on another world size, the new ranks keep their seeded RNG:
+    # training draws nothing from it that belongs to a sample, see evaclip.models.sample_rng).
+    own = path / f"rank_{rank:05d}.json"
+    if own.is_file() and meta.get("world_size", 1) == world:
+        _set_rng_state(json.loads(own.read_text())["rng"])
+    data = path / "data.json"
+    return meta, json.loads(data.read_text()) if data.is_file() else None
 
 
 class _MetadataUnpickler(pickle.Unpickler):

@@ -20,11 +20,14 @@ import torch.distributed as dist
 from torch import nn
 
 from evaclip import transforms
-from evaclip.errors import EvaclipError, Preempted, TrainingError
+from evaclip.errors import ConfigError, EvaclipError, Preempted, TrainingError
+from evaclip.models import sample_rng
+from evaclip.models.init import keyed_by_name
 from evaclip.outputs import atomic_write_text, check_output
+from evaclip.data.pipeline import make_loader, merge_states
 from evaclip.train import faults, run_state
 from evaclip.train.config import TrainConfig, compute_dtype
-from evaclip.train.distributed import DistInfo, init_distributed
+from evaclip.train.distributed import DistInfo, gather_objects, init_distributed
 from evaclip.train.loop import Cadence, Progress, SampleTrace, SkipCounts, StepClock, StopRequest
 from evaclip.train.metrics import MetricsLog, measure_matmul_ceiling
 from evaclip.train.optim import build_optimizer
@@ -93,6 +96,10 @@ class Trainer:
         self.task = make_task(cfg)
         self.eval_sets = self._load_eval_sets()
         self._external_batches = batches
+        rank_batch = cfg.data.rank_batch(self.dist.world_size)  # a world size the global order cannot use: one line
+        if rank_batch % cfg.accum_steps:
+            raise ConfigError(f"this rank's batch ({rank_batch} = the global batch over {self.dist.world_size} "
+                              f"processes) must be a multiple of accum_steps ({cfg.accum_steps})")
         self.loader = self._make_loader() if batches is None else None
         if self.dist.is_main:
             _check_writable(self.out_dir)
@@ -101,17 +108,9 @@ class Trainer:
         if cfg.overwrite and self.resume_path is None and self.dist.is_main:
             self._clear_previous_run()
 
-        # Identical initial weights on every rank (DDP broadcasts anyway; FSDP2 shards what each rank built).
         torch.manual_seed(cfg.seed)
-        if self._sharded_init():
-            model = self._build_sharded()
-            self.raw_model = self.model = model
-        else:
-            model = self.task.build(self.device)
-            if cfg.precision == "bf16":
-                model = model.to(torch.bfloat16)
-            self.raw_model = model
-            self.model = self._wrap(model)
+        self.raw_model = self._build_model()
+        self.model = self.raw_model if self._sharded_init() else self._wrap(self.raw_model)
         if cfg.compile:
             self.model = torch.compile(self.model)
         # Parameter groups are built on the unwrapped module (FSDP2 keeps its structure and names).
@@ -182,19 +181,28 @@ class Trainer:
     def _sharded_init(self) -> bool:
         return self.dist.is_distributed and self.cfg.strategy == "fsdp" and self.cfg.model.meta_init
 
-    def _build_sharded(self) -> nn.Module:
-        """Meta build -> fully_shard -> materialise local shards -> init -> pretrained weights from rank 0."""
+    def _build_model(self) -> nn.Module:
+        """One path for every strategy: build on the meta device, shard (FSDP2), materialise, initialise every
+        parameter from a generator keyed by (seed, its name), then load the pretrained weights. The keyed init
+        gives one process, DDP and FSDP2 bit-identical starting weights (:mod:`evaclip.models.init`); sharded,
+        only rank 0 reads the pretrained file and no process ever holds the full model."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+        sharded = self._sharded_init()
         model = self.task.build_meta(self.device)
-        weights = self.task.pretrained_state_dict(model) if self.dist.is_main else {}
+        weights = self.task.pretrained_state_dict(model) if self.dist.is_main or not sharded else {}
         if self.cfg.precision == "bf16":
             model = model.to(torch.bfloat16)
-        model = self._wrap(model)
+        if sharded:
+            model = self._wrap(model)
         model.to_empty(device=self.device)
-        with torch.no_grad():
+        with torch.no_grad(), keyed_by_name(model, self.cfg.seed):
             model.init_weights()
             model.init_buffers()
+        if not sharded:
+            if weights:
+                model.load_state_dict(weights, strict=False)
+            return model
         loads = torch.tensor([len(weights)], device=self.device)
         dist.broadcast(loads, src=0)
         if int(loads.item()):
@@ -221,7 +229,6 @@ class Trainer:
         return sets
 
     def _make_loader(self):
-        from evaclip.data.pipeline import make_loader
         # The task's tokenizer carries its own context length: data.context_length is only make_loader's
         # default for callers that bring none.
         return make_loader(self.cfg.data, self.dist.rank, self.dist.world_size,
@@ -239,7 +246,7 @@ class Trainer:
         path = self.resume_path
         if path is None:
             return
-        meta, rank_state = run_state.load(path, self.model, self.optimizer)
+        meta, data_state = run_state.load(path, self.model, self.optimizer)
         self.step = int(meta["step"])
         self.samples_seen = int(meta.get("samples_seen", 0))
         self.skipped_steps = int(meta.get("skipped_steps", 0))
@@ -247,23 +254,25 @@ class Trainer:
         self.first_nonfinite_step = meta.get("first_nonfinite_step")
         if self.scaler is not None and meta.get("grad_scaler"):
             self.scaler.load_state_dict(meta["grad_scaler"])
-        if self._external_batches is None and rank_state.get("data") is not None:
+        if self._external_batches is None and data_state is not None:
             if self.loader is None:
                 self.loader = self._make_loader()
-            self.loader.load_state_dict(rank_state["data"])
+            self.loader.load_state_dict(data_state)  # the global position: any world size can take it up
         if self.dist.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 
     def save_checkpoint(self) -> Path:
         self.require_finite_weights("checkpointed")
-        data_state = self.loader.state_dict() if self.loader is not None else None
+        # Every rank's streams together are the global data position (a collective).
+        parts = gather_objects(self.loader.state_dict() if self.loader is not None else None)
+        data_state = merge_states(parts) if self.dist.is_main else None
         meta = {"samples_seen": self.samples_seen, "config": self.cfg.to_dict(), "recipe": self.cfg.recipe,
                 "skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite_steps,
                 "first_nonfinite_step": self.first_nonfinite_step}
         if self.scaler is not None:
             meta["grad_scaler"] = self.scaler.state_dict()
         return run_state.save(self.out_dir, self.step, self.model, self.optimizer,
-                              rank_state={"data": data_state}, meta=meta, keep=self.cfg.keep_checkpoints)
+                              data_state=data_state, meta=meta, keep=self.cfg.keep_checkpoints)
 
     def export(self) -> list[Path]:
         """Write the full, unsharded weights (rank 0) in the format ``evaclip.create_model`` loads."""
@@ -482,7 +491,7 @@ class Trainer:
         cfg = self.cfg
         self.resume()
         self.require_finite_weights("trained")
-        global_batch = cfg.data.batch_size * self.dist.world_size
+        global_batch = cfg.data.global_batch(self.dist.world_size)
         cadence = Cadence.of(cfg)
         trace = SampleTrace(self.out_dir, self.dist.rank, cfg.trace_samples)
         with contextlib.ExitStack() as open_parts:  # closed in reverse order, whether the run ends or fails
@@ -514,7 +523,12 @@ class Trainer:
                     batches = self._batches()  # next virtual epoch
                     images, tokens, info = next(batches)
                 clock.batch_ready()
-                record = self.train_step(images, tokens)
+                # Per-sample randomness (patch dropout, DropPath, MIM masks) keyed by the samples' global
+                # positions: the same on any world size, in any micro-batch, when a block is recomputed.
+                positions = info.get("positions") if isinstance(info, dict) else None
+                keys = None if positions is None else sample_rng.sample_keys(cfg.seed, positions).to(self.device)
+                with sample_rng.per_sample(keys):
+                    record = self.train_step(images, tokens)
                 clock.step_done(record)
                 trace.write(self.step, info)
                 self.step += 1

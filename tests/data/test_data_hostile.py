@@ -135,7 +135,7 @@ def test_long_caption_is_cut_not_skipped():
 
 def test_one_pass_over_hostile_shards_counts_every_skip(tmp_path):
     pattern, good, expected = hostile_shards(tmp_path)
-    cfg = config(pattern, resampled=False, batch_size=1, interleave=1, shuffle_window=1)
+    cfg = config(pattern, resampled=False, batch_size=1, interleave=1, shuffle_window=1, canonical_streams=1)
     ld = loader(cfg)
     # One pass gives `good` batches; the batch after it also flushes the end of the last shard of the pass.
     batches = take(ld, good + 1)

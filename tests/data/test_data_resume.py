@@ -73,7 +73,7 @@ def test_resume_inside_a_truncated_shard_keeps_skip_counts(tmp_path):
     pattern, _ = make_shards(tmp_path, "a", 2, 9)
     raw = (tmp_path / "a-001.tar").read_bytes()
     (tmp_path / "a-001.tar").write_bytes(raw[: len(raw) // 3])
-    cfg = config(pattern, resampled=False)
+    cfg = config(pattern, resampled=False, canonical_streams=2)  # one stream per shard: the damage is met early
     second, reference = _resume_matches(cfg, 0, 1, 2, 6)
     expected = {}
     for _, _, info in reference:
@@ -94,14 +94,18 @@ def test_loader_leaves_the_global_rng_alone(two_sources):
         assert torch.equal(torch.rand(3), want)
 
 
-def test_state_from_another_layout_is_refused(two_sources, tmp_path):
-    ld = loader(config(two_sources, num_workers=0))
+def test_state_from_another_order_is_refused(two_sources, tmp_path):
+    ld = loader(config(two_sources, num_workers=0, global_batch_size=4))
     take(ld, 2)
     state = ld.state_dict()
-    with pytest.raises(DatasetError, match="world_size"):
+    # Another world size or number of workers serves the same global order: accepted.
+    loader(config(two_sources, num_workers=0, global_batch_size=4), 1, 2).load_state_dict(state)
+    loader(config(two_sources, num_workers=2, global_batch_size=4)).load_state_dict(state)
+    # Another global batch or stream count is another order.
+    with pytest.raises(DatasetError, match="global_batch"):
         loader(config(two_sources, num_workers=0), 0, 2).load_state_dict(state)
-    with pytest.raises(DatasetError, match="workers"):
-        loader(config(two_sources, num_workers=2)).load_state_dict(state)
+    with pytest.raises(DatasetError, match="canonical_streams"):
+        loader(config(two_sources, global_batch_size=4, canonical_streams=8)).load_state_dict(state)
     with pytest.raises(DatasetError, match="version"):
         loader(config(two_sources)).load_state_dict({"step": 3})
     write_tar(tmp_path / "extra.tar", [])
