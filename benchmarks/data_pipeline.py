@@ -1,11 +1,13 @@
 """Data pipeline throughput per worker vs the trainer's consumption, and the measured data-wait share.
 
-Three measurements, at the demo settings (batch 128, context 32, one loader worker, the train transform at
+Four measurements, at the demo settings (batch 128, context 32, one loader worker, the train transform at
 the model's image size; ``evaclip_demo.recipes``):
 
 1. Pipeline images/s of ONE worker: ``evaclip.data.make_loader`` with ``num_workers=0`` (decode + augment +
    tokenize + collate in this process), on the offline training shards (``data_cache/offline/train``) or,
    when they are absent, the shipped sample shard ``evaclip/data/sample/tiny-train-000.tar``.
+1b. The cost of the world-size-independent order: the same worker over the default canonical streams vs one
+   stream (the order of one worker before it), alternated in this run; a ratio near 1 means no cost.
 2. Trainer consumption: samples/s of the training step (forward + backward + AdamW) of the model on
    three distinct pre-loaded real batches (benchmarks/train_step.py's step).
 3. End to end: the same step fed by the real loader with ``num_workers=1``, timing how long each
@@ -62,16 +64,19 @@ def shards(path: str | None) -> list[str]:
     return found
 
 
-def loader_for(urls: list[str], image_size: int, batch: int, workers: int, context: int, tokenizer=None):
+def loader_for(urls: list[str], image_size: int, batch: int, workers: int, context: int, tokenizer=None,
+               streams: int | None = None):
     cfg = DataConfig(sources=[DataSource(urls, 1.0, "bench")], batch_size=batch, num_workers=workers,
                      resampled=True, seed=0, context_length=context, shuffle_window=256, interleave=4)
+    if streams is not None:
+        cfg.canonical_streams = streams
     return make_loader(cfg, transform=image_transform(image_size, is_train=True), tokenizer=tokenizer)
 
 
 def pipeline_rate(urls: list[str], image_size: int, batch: int, batches: int, context: int,
-                  tokenizer=None) -> float:
+                  tokenizer=None, streams: int | None = None) -> float:
     """Images/s of one worker (the loader runs in this process), after one warm-up batch."""
-    it = iter(loader_for(urls, image_size, batch, 0, context, tokenizer))
+    it = iter(loader_for(urls, image_size, batch, 0, context, tokenizer, streams))
     next(it)
     start = time.perf_counter()
     for _ in range(batches):
@@ -106,6 +111,13 @@ def run(model_name: str, data: str | None, batches: int, steps: int, threads: in
     urls = shards(data)
     tokenizer = _Tokenizer(model_name, context)  # the model's own (the demo student has a BERT text tower)
     per_worker = pipeline_rate(urls, size, batch, batches, context, tokenizer)
+    # The world-size-independent order (default canonical streams) against one stream, the order of a single
+    # worker before it (each worker read its own shards): alternated, best of 3 each.
+    single, canonical = [], []
+    for _ in range(3):
+        single.append(pipeline_rate(urls, size, batch, batches, context, tokenizer, streams=1))
+        canonical.append(pipeline_rate(urls, size, batch, batches, context, tokenizer))
+    order_ratio = max(canonical) / max(single)
     torch.manual_seed(0)
     model = create_model(model_name)
     # Distinct pre-loaded batches: a frozen Hugging Face text tower caches features, so repeating one batch
@@ -117,11 +129,14 @@ def run(model_name: str, data: str | None, batches: int, steps: int, threads: in
     consume = batch / median(time_repeats(lambda: [step(b) for b in preloaded[1:]], repeats=1, warmup=0).wall) * 3
     e2e = end_to_end(model, urls, size, batch, steps, context, tokenizer)
     out = {"model": model_name, "shards": len(urls), "worker_images_per_s": per_worker,
+           "canonical_vs_one_stream": order_ratio,
            "trainer_samples_per_s": consume, "workers_needed": consume / per_worker, "end_to_end": e2e}
     if verbose:
         print(f"data pipeline vs trainer: {model_name} at {size}px, batch {batch}, context {context}, "
               f"{len(urls)} shard(s) ({Path(urls[0]).parent}); {machine_line()}")
         print(f"  pipeline, 1 worker (decode + augment + tokenize): {per_worker:8.1f} images/s")
+        print(f"  global order over {DataConfig().canonical_streams} canonical streams vs one stream: "
+              f"{max(canonical):.1f} vs {max(single):.1f} images/s, ratio {order_ratio:.3f}")
         print(f"  trainer consumption (pre-loaded real batches):    {consume:8.1f} samples/s")
         print(f"  workers needed to keep up: {consume / per_worker:.2f}")
         print(f"  end to end with 1 worker: {e2e['samples_per_s']:.1f} samples/s, data wait "

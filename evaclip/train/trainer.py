@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from torch import nn
 from evaclip import transforms
 from evaclip.errors import ConfigError, EvaclipError, Preempted, TrainingError
 from evaclip.models import sample_rng
+from evaclip.models.factory import check_fits
 from evaclip.models.init import keyed_by_name
 from evaclip.outputs import atomic_write_text, check_output
 from evaclip.data.pipeline import make_loader, merge_states
@@ -133,7 +135,8 @@ class Trainer:
         self.last_finite_loss: float | None = None
         self.stop: StopRequest | None = None  # the signals being watched, while fit runs
         self.stop_agreed = False  # some rank was asked to stop: every rank stops after this step
-        # Dropout-like randomness (patch dropout, DropPath, MIM masks) differs per rank but is reproducible.
+        # Patch dropout, DropPath and MIM masks are keyed per sample during fit (sample_rng); with batches fed by
+        # the caller (no positions) they fall back to this RNG, which differs per rank but is reproducible.
         torch.manual_seed(cfg.seed + 1_000_003 * (self.dist.rank + 1))
 
     # ---- set-up -------------------------------------------------------------------------------------------
@@ -193,6 +196,9 @@ class Trainer:
         weights = self.task.pretrained_state_dict(model) if self.dist.is_main or not sharded else {}
         if self.cfg.precision == "bf16":
             model = model.to(torch.bfloat16)
+        # Refuse a model this process cannot hold before allocating it (its shard of it, under FSDP2).
+        values = sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers()))
+        check_fits(values // self.dist.world_size if sharded else values, self.device)
         if sharded:
             model = self._wrap(model)
         model.to_empty(device=self.device)

@@ -145,6 +145,7 @@ def test_vanished_and_cut_shards_are_skipped_and_counted_in_a_training_run(tmp_p
     try:
         proc = run(cli("train", "tiny", f"out_dir={out}", f"steps={steps}", "data.batch_size=8",
                        f"data.sources={shards}/s-{{0..3}}.tar", "data.resampled=false", "data.shuffle_window=1",
+                       "data.canonical_streams=1",
                        "checkpoint_every=0", "schedule.warmup_steps=1", "trace_samples=true", *QUIET), timeout=300)
     finally:
         fifo.close()

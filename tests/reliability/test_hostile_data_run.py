@@ -17,10 +17,11 @@ from evaclip.train.metrics import read_metrics
 def hostile_run(tmp_path_factory):
     def make(root: Path) -> dict:
         pattern, usable, expected = hostile_shards(root / "shards")
-        # Two loader workers, one shard each (no resampling, no shuffling): a pass of 24 batches is exact.
+        # Two loader workers, one stream and one shard each (no resampling, no shuffling): a pass of 24 batches is
+        # exact (two streams split the two shards evenly).
         proc = run(cli("train", "tiny", f"out_dir={root / 'run'}", f"data.sources={pattern}",
                        f"steps={len(usable) // BATCH}", f"data.batch_size={BATCH}", "data.num_workers=2",
-                       "data.resampled=false", "data.shuffle_window=1", "data.timeout_s=120", "checkpoint_every=0",
+                       "data.canonical_streams=2", "data.resampled=false", "data.shuffle_window=1", "data.timeout_s=120", "checkpoint_every=0",
                        "schedule.warmup_steps=2", "trace_samples=true", *QUIET))
         return {"proc": as_dict(proc), "usable": usable, "expected": expected}
     root, got = once(tmp_path_factory, "hostile_run", make)

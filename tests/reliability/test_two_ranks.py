@@ -20,9 +20,11 @@ pytestmark = pytest.mark.slow
 def two_ranks(tmp_path_factory):
     def make(root: Path) -> dict:
         pattern, usable, expected = hostile_shards(root / "shards")
-        # Without resampling each rank reads one of the two shards, whole: 12 steps of 8 are one exact pass.
+        # Without resampling each rank (one canonical stream each) reads one of the two shards, whole: 12 steps of 8
+        # are one exact pass.
         proc = run(torchrun("train", "tiny", f"out_dir={root / 'run'}", f"data.sources={pattern}",
                             "data.resampled=false", "data.shuffle_window=1", f"steps={len(usable) // (2 * BATCH)}",
+                            "data.canonical_streams=2",
                             f"data.batch_size={BATCH}", "schedule.warmup_steps=2", "checkpoint_every=0",
                             "strategy=fsdp", "log_every=1", "trace_samples=true", *QUIET),
                    faults="nan_loss@2:1,nan_grad@4:1")
