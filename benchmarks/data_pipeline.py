@@ -1,6 +1,6 @@
 """Data pipeline throughput per worker vs the trainer's consumption, and the measured data-wait share.
 
-Four measurements, at the demo settings (batch 128, context 32, one loader worker, the train transform at
+Five measurements, at the demo settings (batch 128, context 32, one loader worker, the train transform at
 the model's image size; ``evaclip_demo.recipes``):
 
 1. Pipeline images/s of ONE worker: ``evaclip.data.make_loader`` with ``num_workers=0`` (decode + augment +
@@ -8,6 +8,8 @@ the model's image size; ``evaclip_demo.recipes``):
    when they are absent, the shipped sample shard ``evaclip/data/sample/tiny-train-000.tar``.
 1b. The cost of the world-size-independent order: the same worker over the default canonical streams vs one
    stream (the order of one worker before it), alternated in this run; a ratio near 1 means no cost.
+1c. Video: clips/s of one worker decoding 8 frames a clip (pan clips synthesised from the shard's images)
+   against the trainer's clip rate (its sample rate / 8 frames): how many workers video data needs.
 2. Trainer consumption: samples/s of the training step (forward + backward + AdamW) of the model on
    three distinct pre-loaded real batches (benchmarks/train_step.py's step).
 3. End to end: the same step fed by the real loader with ``num_workers=1``, timing how long each
@@ -84,6 +86,39 @@ def pipeline_rate(urls: list[str], image_size: int, batch: int, batches: int, co
     return batch * batches / (time.perf_counter() - start)
 
 
+def video_rate(urls: list[str], image_size: int, frames: int, clips: int = 48, batch: int = 16,
+               batches: int = 3) -> float:
+    """Clips/s of ONE worker decoding ``frames`` frames per clip (PyAV, seeking) + the train transform, on pan
+    clips synthesised from the first shard's images (evaclip_demo.offline.clips: the motion is synthetic)."""
+    import io
+    import tarfile
+    import tempfile
+
+    from PIL import Image
+
+    from evaclip.data.tario import TarSampleReader
+    from evaclip_demo.offline.clips import pan_clip
+    samples = [s for _, s in zip(range(clips), TarSampleReader(urls[0]))]
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = Path(tmp) / "clips.tar"
+        with tarfile.open(shard, "w") as tf:
+            for i, s in enumerate(samples):
+                image = next(s[e] for e in ("png", "jpg", "jpeg", "webp") if e in s)
+                clip = pan_clip(Image.open(io.BytesIO(image)), frames=max(frames, 12), size=64)
+                for name, data in ((f"{i:05d}.mp4", clip), (f"{i:05d}.txt", s.get("txt", b"a clip"))):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+        cfg = DataConfig(sources=[DataSource(str(shard), 1.0, "clips")], batch_size=batch, num_workers=0,
+                         resampled=True, seed=0, video_frames=frames, canonical_streams=8)
+        it = iter(make_loader(cfg, transform=image_transform(image_size, is_train=True)))
+        next(it)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        return batch * batches / (time.perf_counter() - start)
+
+
 def end_to_end(model, urls: list[str], image_size: int, batch: int, steps: int, context: int,
                tokenizer=None) -> dict:
     """Train ``steps`` steps from the real loader (1 worker); return wait and step times."""
@@ -128,8 +163,14 @@ def run(model_name: str, data: str | None, batches: int, steps: int, threads: in
     step()
     consume = batch / median(time_repeats(lambda: [step(b) for b in preloaded[1:]], repeats=1, warmup=0).wall) * 3
     e2e = end_to_end(model, urls, size, batch, steps, context, tokenizer)
+    frames = DataConfig().video_frames
+    clips_per_s = video_rate(urls, size, frames)
+    # A clip costs the trainer about `frames` vision passes (the text tower once): its clip rate is at most
+    # its sample rate / frames; the vision tower dominates these models, so that is the estimate used.
+    trainer_clips = consume / frames
     out = {"model": model_name, "shards": len(urls), "worker_images_per_s": per_worker,
-           "canonical_vs_one_stream": order_ratio,
+           "canonical_vs_one_stream": order_ratio, "worker_clips_per_s": clips_per_s,
+           "trainer_clips_per_s": trainer_clips, "video_workers_needed": trainer_clips / clips_per_s,
            "trainer_samples_per_s": consume, "workers_needed": consume / per_worker, "end_to_end": e2e}
     if verbose:
         print(f"data pipeline vs trainer: {model_name} at {size}px, batch {batch}, context {context}, "
@@ -139,6 +180,8 @@ def run(model_name: str, data: str | None, batches: int, steps: int, threads: in
               f"{max(canonical):.1f} vs {max(single):.1f} images/s, ratio {order_ratio:.3f}")
         print(f"  trainer consumption (pre-loaded real batches):    {consume:8.1f} samples/s")
         print(f"  workers needed to keep up: {consume / per_worker:.2f}")
+        print(f"  video: 1 worker decodes {clips_per_s:.1f} clips/s ({frames} frames each, 64 px pan clips); the "
+              f"trainer takes ~{trainer_clips:.1f} clips/s; workers needed for video: {trainer_clips / clips_per_s:.2f}")
         print(f"  end to end with 1 worker: {e2e['samples_per_s']:.1f} samples/s, data wait "
               f"{e2e['wait_s']:.2f}s of {e2e['wait_s'] + e2e['compute_s']:.2f}s = {e2e['share'] * 100:.1f}% "
               f"(over {steps} steps)")

@@ -53,7 +53,11 @@ class DataConfig:
     interleave: int = 4          # shards each worker reads at once (per source), samples mixed among them
     shuffle_window: int = 64     # samples of one shard shuffled together (memory: window x interleave samples)
     samples_per_epoch: int | None = None  # virtual epoch over all ranks; None = one endless epoch
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # also the limit on a video frame's pixels
+    # Video samples (.mp4/.webm/.mkv/.avi/.mov members): frames sampled uniformly per clip (the paper's 8), each
+    # through the train transform with one crop per clip; longer clips are skipped before decoding.
+    video_frames: int = 8
+    max_video_seconds: float = 600.0
     max_caption_chars: int = 4096
     max_member_bytes: int = 256 << 20
     csv_image_key: str = ""      # CSV column names; "" = look for image/path/filepath and caption/title/text
@@ -98,7 +102,8 @@ class DataConfig:
                     "interleave": self.interleave,
                     "shuffle_window": self.shuffle_window, "context_length": self.context_length,
                     "max_image_pixels": self.max_image_pixels, "max_caption_chars": self.max_caption_chars,
-                    "max_member_bytes": self.max_member_bytes, "prefetch_factor": self.prefetch_factor}
+                    "max_member_bytes": self.max_member_bytes, "prefetch_factor": self.prefetch_factor,
+                    "video_frames": self.video_frames}
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{name} must be a positive integer, got {value!r}")
@@ -107,6 +112,8 @@ class DataConfig:
         epoch = self.samples_per_epoch
         if epoch is not None and (not isinstance(epoch, int) or epoch < 1):
             raise ConfigError(f"data.samples_per_epoch must be a positive integer or None, got {epoch!r}")
+        if not self.max_video_seconds > 0:
+            raise ConfigError(f"data.max_video_seconds must be > 0, got {self.max_video_seconds!r}")
         if self.timeout_s < 0:
             raise ConfigError(f"data.timeout_s must be >= 0, got {self.timeout_s!r}")
         lo_hi = tuple(self.crop_scale) if isinstance(self.crop_scale, (list, tuple)) else ()

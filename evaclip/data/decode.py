@@ -11,6 +11,8 @@ import warnings
 
 from PIL import Image
 
+VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov")  # webdataset members of video samples
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CAPTION_JSON_FIELDS = ("caption", "text")
 
@@ -20,7 +22,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 # Every reason a sample (or a shard) can be skipped for. The pipeline counts each one.
 SKIP_REASONS = (
-    "missing_image",        # no jpg/jpeg/png/webp member, or the image file is gone
+    "missing_image",        # no image (jpg/jpeg/png/webp) or video member, or the image file is gone
     "corrupt_image",        # not an image, truncated, zero bytes, or Pillow cannot decode it
     "decompression_bomb",   # width*height from the header is over the pixel limit
     "missing_caption",      # no txt member and no usable json caption
@@ -29,6 +31,9 @@ SKIP_REASONS = (
     "invalid_json",         # json member is not a JSON object (and there is no txt)
     "oversized_member",     # a tar member larger than the per-member byte limit
     "transform_error",      # the train transform raised on a decoded image
+    "corrupt_video",        # a clip PyAV cannot open, without a video stream, or a sampled frame that fails
+    "short_video",          # fewer frames than data.video_frames
+    "video_too_long",       # longer than data.max_video_seconds (checked before decoding)
     "unreadable_shard",     # a shard could not be opened (missing file, permission, network)
     "truncated_tar",        # a shard ended early or is damaged; the samples before the damage are kept
 )
@@ -42,6 +47,15 @@ class SkipSample(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+def find_video_bytes(sample: dict) -> bytes | None:
+    """The first video member of a sample (by VIDEO_EXTENSIONS order), or None for an image sample."""
+    for ext in VIDEO_EXTENSIONS:
+        data = sample.get(ext)
+        if data is not None:
+            return data
+    return None
 
 
 def find_image_bytes(sample: dict) -> bytes:

@@ -33,15 +33,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from evaclip.data import rng as R
 from evaclip.data.config import DataConfig
-from evaclip.data.decode import SkipSample, decode_caption, decode_image, find_image_bytes
+from evaclip.data.decode import SkipSample, decode_caption, decode_image, find_image_bytes, find_video_bytes
 from evaclip.data.order import GlobalOrder
 from evaclip.data.sources import ItemStream, ResolvedSource, resolve_source
+from evaclip.data.video import decode_video
 from evaclip.data.streams import ShardStream
 from evaclip.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
+# (images, tokens, info). A batch with video clips holds their frames in place of an image, one after another:
+# images is then [sum(info["frames"]), 3, S, S] and info["frames"] the frame count of each sample (1 for images).
 Batch = tuple[torch.Tensor, torch.Tensor, dict]
 
 
@@ -184,19 +187,27 @@ class MixedBatchDataset(IterableDataset):
                         "state": {c: st.state_dict() for c, st in streams.items()}}
                 skips.clear()
                 step += 1
-                yield (torch.stack(images) if images else None), tokens, info
+                yield _stack(images, info), tokens, info
         finally:
             for stream in streams.values():
                 stream.close()
 
     def decode(self, raw: dict, skips: Counter, seed: int) -> tuple[torch.Tensor, str]:
+        """(image [3,S,S] or clip frames [F,3,S,S], caption)."""
         if raw.get("__skip__"):
             raise SkipSample(raw["__skip__"])
         # Caption first: it is cheap, and a sample without one is skipped before paying for the image.
         caption, truncated = decode_caption(raw, self.cfg.max_caption_chars)
         if truncated:
             skips["caption_truncated"] += 1
-        image = decode_image(find_image_bytes(raw), self.cfg.max_image_pixels)
+        video = find_video_bytes(raw)
+        if video is not None:
+            frames = decode_video(video, self.cfg.video_frames, self.cfg.max_image_pixels, self.cfg.max_video_seconds)
+            # Every frame is augmented from the same seed: one crop (and flip) for the whole clip.
+            return torch.stack([self._augment(f, raw, seed) for f in frames]), caption
+        return self._augment(decode_image(find_image_bytes(raw), self.cfg.max_image_pixels), raw, seed), caption
+
+    def _augment(self, image, raw: dict, seed: int) -> torch.Tensor:
         # Seed the augmentation from the sample's draw, so a resumed run augments it identically.
         torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also queues CUDA seeding, slowly
         random.seed(seed)
@@ -205,15 +216,25 @@ class MixedBatchDataset(IterableDataset):
         if isinstance(own, torch.Generator):  # a transform built with its own seed/generator (ImageTransform)
             own.manual_seed(seed)
         try:
-            tensor = self.transform(self.to_rgb(image))
+            return self.transform(self.to_rgb(image))
         except Exception as e:  # noqa: BLE001 - one odd image must not kill a week-long run
             log.warning("transform failed on %s from %s: %s: %s", raw["__key__"], raw["__url__"], type(e).__name__, e)
             raise SkipSample("transform_error", str(e)) from None
-        return tensor, caption
 
 
 def _identity(batch: Any) -> Any:
     return batch
+
+
+def _stack(samples: list[torch.Tensor], info: dict) -> torch.Tensor | None:
+    """Images [3,S,S] and clips [F,3,S,S] -> one tensor; with any clip, frame counts go to info["frames"]."""
+    if not samples:
+        return None
+    if all(t.dim() == 3 for t in samples):
+        return torch.stack(samples)
+    info["frames"] = [t.shape[0] if t.dim() == 4 else 1 for t in samples]
+    info["videos"] = sum(t.dim() == 4 for t in samples)
+    return torch.cat([t if t.dim() == 4 else t[None] for t in samples])
 
 
 def _merge(pieces: list[Batch]) -> Batch:
@@ -222,9 +243,16 @@ def _merge(pieces: list[Batch]) -> Batch:
     positions = [q for _, _, info in full for q in info["positions"]]
     order = sorted(range(len(positions)), key=positions.__getitem__)
     index = torch.tensor(order)
-    images = torch.cat([p[0] for p in full])[index]
     tokens = torch.cat([p[1] for p in full])[index]
     info: dict[str, Any] = {"positions": [positions[i] for i in order], "step": pieces[0][2]["step"]}
+    if any("frames" in piece for _, _, piece in full):
+        per_sample = [chunk for images, _, piece in full
+                      for chunk in images.split(piece.get("frames") or [1] * images.shape[0])]
+        images = torch.cat([per_sample[i] for i in order])
+        info["frames"] = [per_sample[i].shape[0] for i in order]
+        info["videos"] = sum(piece.get("videos", 0) for _, _, piece in full)
+    else:
+        images = torch.cat([p[0] for p in full])[index]
     for key in ("keys", "urls", "sources"):
         values = [v for _, _, piece in full for v in piece[key]]
         info[key] = [values[i] for i in order]

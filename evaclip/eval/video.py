@@ -13,25 +13,19 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from evaclip.data.video import frame_indices
 from evaclip.errors import DatasetError
 from evaclip.eval.datasets import Transform, class_folders, folder_classnames
 from evaclip.eval.features import decoded_batches, encode_images, image_loader
 from evaclip.eval.metrics import classification_metrics, video_score
+from evaclip.models.clip import video_features
 from evaclip.eval.zeroshot import Templates, build_zeroshot_classifier, zeroshot_logits
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
-
-
-def frame_indices(total: int, num_frames: int) -> list[int]:
-    """Uniform sampling: the centre frame of each of ``num_frames`` equal segments (1 -> the middle frame)."""
-    if total <= 0:
-        return []
-    return [min(total - 1, int((i + 0.5) * total / num_frames)) for i in range(num_frames)]
 
 
 def decode_frames(path: str | Path, num_frames: int = 1) -> list[Image.Image]:
@@ -102,7 +96,7 @@ def encode_videos(model, loader, device="cpu", amp: bool = False,
                                disable=None):
         b, f = frames.shape[:2]
         emb = encode_images(model, frames.flatten(0, 1), device, amp)
-        feats.append(F.normalize(emb, dim=-1).view(b, f, -1).mean(1).cpu())
+        feats.append(video_features(emb, [f] * b).cpu())  # the training loss's clip feature
         labels.append(torch.as_tensor(target))
     return torch.cat(feats), torch.cat(labels)
 

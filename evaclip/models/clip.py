@@ -77,7 +77,23 @@ class CLIP(nn.Module):
         features = self.text(tokens)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, frame_counts: list[int] | None = None):
+        """Normalised image and text features and the logit scale. With ``frame_counts`` (one per sample),
+        ``images`` holds every frame of the batch's clips (images count 1) and sample i's feature is
+        :func:`video_features` of its frames: all frames go through the vision tower as one batch."""
         image_features = self.encode_image(images, normalize=True)
+        if frame_counts is not None:
+            image_features = video_features(image_features, frame_counts)
         text_features = self.encode_text(tokens, normalize=True)
         return image_features, text_features, self.logit_scale.exp()
+
+
+def video_features(frame_features: torch.Tensor, frame_counts: list[int]) -> torch.Tensor:
+    """A clip's feature: the mean of its frames' L2-normalised features, renormalised (the paper: "the mean of
+    all [CLS] embeddings serves as the representation for the video"). ``frame_features`` [sum(counts), D] in
+    clip order -> [len(counts), D]. One function for training and zero-shot video evaluation."""
+    counts = torch.as_tensor(frame_counts, device=frame_features.device)
+    owner = torch.repeat_interleave(torch.arange(len(frame_counts), device=frame_features.device), counts)
+    normed = F.normalize(frame_features, dim=-1)
+    sums = normed.new_zeros(len(frame_counts), normed.shape[-1]).index_add(0, owner, normed)
+    return F.normalize(sums / counts.unsqueeze(1).to(normed.dtype), dim=-1)

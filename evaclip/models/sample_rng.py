@@ -47,6 +47,16 @@ def sample_keys(seed: int, positions: torch.Tensor | list[int]) -> torch.Tensor:
     return _shr(mix(mix(torch.full_like(positions, int(seed))) ^ positions), 1)
 
 
+def frame_keys(keys: torch.Tensor, frame_counts: list[int]) -> torch.Tensor:
+    """Sample keys -> one key per frame of a batch with clips (frame 0 keeps its sample's key, so an image, a
+    clip of one frame, draws as it would alone)."""
+    counts = torch.as_tensor(frame_counts, dtype=torch.int64, device=keys.device)
+    owner = torch.repeat_interleave(keys, counts)
+    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    index = torch.arange(owner.shape[0], device=keys.device) - starts
+    return torch.where(index == 0, owner, _shr(mix(owner ^ (index << 40)), 1))
+
+
 @contextlib.contextmanager
 def per_sample(keys: torch.Tensor | None) -> Iterator[None]:
     """Key the model's per-sample randomness with ``keys`` (one per sample of every forward inside)."""

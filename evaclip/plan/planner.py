@@ -102,6 +102,36 @@ class SchemeFit:
     fits: bool | None  # the requested global batch fits (None: no batch given)
 
 
+@dataclass(frozen=True)
+class PhasePlan:
+    """One phase of a phased recipe: its samples, patch dropout, video share and what they cost."""
+
+    name: str
+    samples: float
+    patch_dropout: float
+    video_share: float
+    frames: int
+    training_flops_per_sample: float  # 3x forward, a clip counted with all its frames
+    days: float | None
+
+
+def _phase_plans(recipe, cfg: CLIPConfig, global_batch: int, rate: float | None) -> list[PhasePlan]:
+    """Per phase: samples = its steps x the global batch; a clip costs ``frames`` vision passes."""
+    from evaclip.train.phases import phase_config, phases
+    out = []
+    for phase in phases(recipe):
+        run = phase_config(recipe, phase.index)
+        pd = model_config(run).vision_cfg.patch_dropout
+        flops = model_flops(cfg, pd)
+        share = recipe.phases[phase.index].video_share
+        frames = run.data.video_frames
+        per_sample = flops.training() + share * (frames - 1) * 3 * flops.vision
+        samples = float(phase.steps * global_batch)
+        out.append(PhasePlan(phase.name, samples, pd, share, frames, per_sample,
+                             samples * per_sample / rate / 86400 if rate else None))
+    return out
+
+
 @dataclass
 class Plan:
     request: PlanRequest
@@ -116,6 +146,7 @@ class Plan:
     step_seconds: float | None = None
     days: float | None = None
     recipe_model: str = ""  # for a recipe: the model it trains and at what resolution
+    phases: list[PhasePlan] = field(default_factory=list)  # a recipe in phases: FLOPs and days of each
 
     def scheme(self, name: str, checkpointing: bool | None = None, patch_dropout: float | None = None) -> SchemeFit:
         """The fit of ``name`` at the requested settings, or at the given ones (from the matrix)."""
@@ -167,13 +198,13 @@ def _fit(req: PlanRequest, cfg: CLIPConfig, scheme: str, checkpointing: bool, pa
     return SchemeFit(scheme, checkpointing, patch_dropout, state, act, best, total, fits)
 
 
-def _resolve(req: PlanRequest) -> tuple[PlanRequest, CLIPConfig, str]:
+def _resolve(req: PlanRequest) -> tuple[PlanRequest, CLIPConfig, str, object]:
     """The model of ``req.model``: a model name or JSON config, or a training recipe (``evaclip train --list``).
     A recipe gives its model at its resolution and, where the request leaves them out, its global batch and
     (with --peak-tflops and --mfu) its samples seen, both at the published run's GPU count."""
     info = find_recipe(req.model)
     if info is None:
-        return req, get_model_config(req.model), ""
+        return req, get_model_config(req.model), "", None
     recipe = info.build()
     cfg = model_config(recipe)
     batch = req.global_batch
@@ -183,13 +214,13 @@ def _resolve(req: PlanRequest) -> tuple[PlanRequest, CLIPConfig, str]:
     if samples is None and batch is not None and req.peak_tflops is not None and info.gpus:
         samples = float(recipe.steps * batch)
     req = dataclasses.replace(req, global_batch=batch, samples=samples)
-    return req, cfg, f"{recipe.model.name} at {cfg.vision_cfg.image_size} px"
+    return req, cfg, f"{recipe.model.name} at {cfg.vision_cfg.image_size} px", recipe
 
 
 def make_plan(req: PlanRequest) -> Plan:
     """Plan training ``req.model`` on ``req.gpus`` GPUs (config only: nothing is built or allocated)."""
     req.validate()
-    req, cfg, recipe_model = _resolve(req)
+    req, cfg, recipe_model, recipe = _resolve(req)
     params = model_params(cfg)
     opt = OPTIMIZER_BYTES[req.optimizer]
     plan = Plan(request=req, params=params.total, vision_params=params.vision.total,
@@ -205,6 +236,11 @@ def make_plan(req: PlanRequest) -> Plan:
             plan.step_seconds = req.global_batch * plan.flops.training() / rate
         if req.samples is not None:
             plan.days = req.samples * plan.flops.training() / rate / 86400
+    if recipe is not None and recipe.phases and req.global_batch is not None:
+        rate = req.gpus * req.peak_tflops * 1e12 * req.mfu if req.peak_tflops and req.mfu else None
+        plan.phases = _phase_plans(recipe, cfg, req.global_batch, rate)
+        if rate:  # the phases' own costs (patch dropout and frames differ), not one rate for the whole run
+            plan.days = sum(p.days for p in plan.phases)
     return plan
 
 
@@ -287,4 +323,12 @@ def format_plan(plan: Plan) -> str:
             steps = f" ({math.ceil(r.samples / r.global_batch):,} steps)" if r.global_batch else ""
             when.append(f"{_count(r.samples)} samples in {plan.days:.1f} days{steps}")
         ln.append("time " + ", ".join(when))
+    if plan.phases:
+        ln.append("")
+        ln.append(f"{'phase':<42}{'samples':>9}{'patch drop':>11}{'video':>7}{'train FLOPs/sample':>20}{'days':>7}")
+        for p in plan.phases:
+            video = f"{p.video_share:.0%}x{p.frames}" if p.video_share else "-"
+            days = f"{p.days:.1f}" if p.days is not None else "-"
+            ln.append(f"{p.name:<42}{_count(p.samples):>9}{p.patch_dropout:>11g}{video:>7}"
+                      f"{_flop(p.training_flops_per_sample):>20}{days:>7}")
     return "\n".join(ln)

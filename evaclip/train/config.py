@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import decimal
 import json
+import logging
 import math
 import types
 import typing
@@ -20,6 +21,8 @@ import torch
 from evaclip.data.config import DataConfig, parse_sources
 from evaclip.errors import ConfigError
 from evaclip.train.optim import OptimConfig
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("ddp", "fsdp")
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "bf16")
@@ -102,6 +105,24 @@ class EvalSection:
     batch_size: int = 64
 
 
+# What may change from one phase of a run to the next (the paper's 18B schedule changes data and patch dropout).
+PHASE_KEYS = ("data.", "model.patch_dropout")
+
+
+@dataclass
+class PhaseSection:
+    """One phase of a run: its length and what it changes, as dotted ``key=value`` overrides of the run config
+    (``data.sources=...``, ``data.weights=...``, ``model.patch_dropout=0``). The learning-rate schedule runs over
+    the whole run (``steps`` = the phases' steps together), not per phase."""
+
+    name: str = ""
+    steps: int = 0
+    overrides: list[str] = field(default_factory=list)
+    # Planning only (evaclip plan): the share of this phase's samples that are video clips, each costing
+    # data.video_frames vision passes. Training counts the clips it actually meets.
+    video_share: float = 0.0
+
+
 # Signals a run can catch to stop with a checkpoint (SIGKILL and SIGSTOP cannot be caught; SIGINT is always caught).
 PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT")
 
@@ -147,6 +168,8 @@ class TrainConfig:
     loss: LossSection = field(default_factory=LossSection)
     mim: MIMSection = field(default_factory=MIMSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    # A run in phases (evaclip.train.phases); empty = one phase, this config as it is.
+    phases: list[PhaseSection] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -196,6 +219,9 @@ class TrainConfig:
         if self.eval.zeroshot and self.task != "clip":
             raise ConfigError("eval.zeroshot evaluates a CLIP model: it needs task=clip; drop eval.zeroshot")
         self.data.validate()
+        if self.phases:
+            from evaclip.train.phases import check_phases
+            check_phases(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -293,6 +319,12 @@ def apply_override(cfg: TrainConfig, assignment: str) -> None:
         raise ConfigError(f"override key {key!r} is malformed; use dotted names such as optim.lr")
     target: Any = cfg
     for i, part in enumerate(parts):
+        if isinstance(target, list):  # a list of sections, e.g. phases.2.overrides
+            if not part.isdigit() or int(part) >= len(target) or i == len(parts) - 1:
+                raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[:i])} has items 0.."
+                                  f"{len(target) - 1}, e.g. {'.'.join(parts[:i])}.0.<field>")
+            target = target[int(part)]
+            continue
         fields = _fields(target)
         if part not in fields:
             here = ".".join(parts[:i]) or "the top level"
@@ -301,6 +333,8 @@ def apply_override(cfg: TrainConfig, assignment: str) -> None:
         if i == len(parts) - 1:
             break
         target = getattr(target, part)
+        if isinstance(target, list) and target and dataclasses.is_dataclass(target[0]):
+            continue
         if not dataclasses.is_dataclass(target):
             raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[:i + 1])} is not a section")
     name = parts[-1]
@@ -336,6 +370,12 @@ def apply_overrides(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
         apply_override(cfg, a)
     if "optim.lr" in keys:
         _scale_tower_lrs(cfg, old_lr, keys)
+    if cfg.phases and "steps" not in keys and any(k.startswith("phases.") for k in keys):
+        cfg.steps = sum(p.steps for p in cfg.phases)  # a run in phases is as long as its phases
+    if "steps" in keys and "schedule.warmup_steps" not in keys and cfg.schedule.warmup_steps >= cfg.steps:
+        # A short run of a recipe (steps=4 of tiny, whose warm-up is 10): the warm-up shrinks to a tenth of it.
+        cfg.schedule.warmup_steps = cfg.steps // 10
+        log.info("schedule.warmup_steps set to %d to fit steps=%d", cfg.schedule.warmup_steps, cfg.steps)
     if "data.batch_size" in keys and "data.global_batch_size" not in keys:
         # Two ways to give one number: a per-rank batch on the command line replaces the recipe's global one.
         cfg.data.global_batch_size = None

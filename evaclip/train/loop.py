@@ -8,6 +8,7 @@ what happens to the model.
 from __future__ import annotations
 
 import json
+from collections import Counter
 import signal
 import sys
 import threading
@@ -53,8 +54,9 @@ class StepClock:
     """Wall time of the run and of each step, split into waiting for data and the rest, and the throughput
     (samples/s, share of the step spent waiting, MFU) that follows for the global batch."""
 
-    def __init__(self, global_batch: int, flops_per_sample: float | None, ceiling: float | None, world_size: int):
-        self.global_batch = global_batch
+    def __init__(self, global_batch: int, flops_per_sample: float | None, ceiling: float | None, world_size: int,
+                 flops_per_extra_frame: float = 0.0):
+        self.global_batch, self.frame_flops = global_batch, flops_per_extra_frame
         self.flops, self.ceiling, self.world_size = flops_per_sample, ceiling, world_size
         self.wall_start = time.perf_counter()
         self.data_time = self.step_time = 0.0
@@ -75,7 +77,9 @@ class StepClock:
         record["samples_per_s"] = self.global_batch / max(total, 1e-9)
         record["data_wait"] = wait / max(total, 1e-9)
         if self.flops and self.ceiling:  # the model's FLOP rate over the peak of every rank's device
-            record["mfu"] = self.flops * record["samples_per_s"] / (self.ceiling * self.world_size)
+            # A clip costs a vision pass per frame: its frames beyond the first are counted on top.
+            step_flops = self.flops * self.global_batch + self.frame_flops * record.get("extra_frames", 0)
+            record["mfu"] = step_flops / max(total, 1e-9) / (self.ceiling * self.world_size)
 
     def totals(self) -> dict[str, float]:
         return {"wall_s": time.perf_counter() - self.wall_start,
@@ -86,8 +90,9 @@ class SkipCounts:
     """The samples the data loaders of all ranks dropped (unreadable, too large, ...). Reading them is a
     collective: every rank must ask on the same steps."""
 
-    def __init__(self, loader: Any):
+    def __init__(self, loader: Any, carried: Counter | None = None):
         self.loader = loader  # None with batches fed by the caller: nothing is skipped then
+        self.carried = carried if carried is not None else Counter()  # the loaders of earlier phases
 
     def add_to(self, record: dict[str, Any]) -> None:
         if self.loader is None:
@@ -102,7 +107,7 @@ class SkipCounts:
 
     def _global(self) -> dict[str, int]:
         from evaclip.data.pipeline import global_skip_counts
-        return global_skip_counts(self.loader.skip_counts)
+        return global_skip_counts(self.loader.skip_counts + self.carried)
 
 
 class SampleTrace:

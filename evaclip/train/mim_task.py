@@ -18,6 +18,7 @@ from evaclip.models.flops import mim_training_flops
 from evaclip.models import sample_rng
 from evaclip.models.masking import BlockMaskGenerator
 from evaclip.models.mim import MIMStudent, MIMTeacher, mim_step_loss
+from evaclip.errors import TrainingError
 from evaclip.train.config import TrainConfig
 from evaclip.train.tasks import Task
 
@@ -100,7 +101,11 @@ class MIMTask(Task):
     def tokenizer(self):
         return _NoTokens()
 
-    def loss(self, model: nn.Module, loss_fn, images: torch.Tensor, tokens: torch.Tensor):
+    def loss(self, model: nn.Module, loss_fn, images: torch.Tensor, tokens: torch.Tensor,
+             frames: list[int] | None = None):
+        if frames is not None:
+            raise TrainingError("the MIM task trains on images and the data has video clips; give it image "
+                                "sources (video training is for the CLIP task)")
         # Each sample's mask is keyed by the sample (its global position, set by the trainer), so it is the same
         # on any number of processes; without keys, one seed from the global torch RNG.
         seeds = sample_rng.sub_keys(sample_rng.current(), sample_rng.MIM_MASK)

@@ -90,9 +90,10 @@ class Task(ABC):
         return None
 
     @abstractmethod
-    def loss(self, model: nn.Module, loss_fn: nn.Module | None, images: torch.Tensor, tokens: torch.Tensor
-             ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """(the loss of this rank's batch, extra values to log) through ``model`` as wrapped for training."""
+    def loss(self, model: nn.Module, loss_fn: nn.Module | None, images: torch.Tensor, tokens: torch.Tensor,
+             frames: list[int] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(the loss of this rank's batch, extra values to log) through ``model`` as wrapped for training.
+        ``frames``: with video clips in the batch, the frame count of each sample (see evaclip.data.pipeline)."""
 
     def after_step(self, model: nn.Module) -> None:
         """Bookkeeping after an optimizer update."""
@@ -105,6 +106,10 @@ class Task(ABC):
     @abstractmethod
     def flops_per_sample(self) -> float | None:
         """Model FLOPs of one training sample (for MFU)."""
+
+    def flops_per_extra_frame(self) -> float:
+        """FLOPs of each frame of a clip beyond its first (a clip costs one vision pass per frame)."""
+        return 0.0
 
     def _write_export(self, full_state_dict: dict[str, torch.Tensor], out_dir: Path,
                       metadata: dict[str, str]) -> list[Path]:
@@ -151,9 +156,11 @@ class ClipTask(Task):
         return ClipLoss(local_loss=self.cfg.loss.local_loss, gather_with_grad=self.cfg.loss.gather_with_grad,
                         mask_duplicate_texts=self.cfg.loss.mask_duplicate_texts)
 
-    def loss(self, model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, tokens: torch.Tensor
-             ) -> tuple[torch.Tensor, dict[str, Any]]:
-        image_features, text_features, scale = model(images, tokens)
+    def loss(self, model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, tokens: torch.Tensor,
+             frames: list[int] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        # A clip is a sample like an image: its feature is the mean over its frames (video_features).
+        image_features, text_features, scale = (model(images, tokens) if frames is None
+                                                else model(images, tokens, frame_counts=frames))
         if self.cfg.loss.kind == "siglip":
             loss = loss_fn(image_features, text_features, scale, unwrap(model).logit_bias)
         else:
@@ -171,6 +178,9 @@ class ClipTask(Task):
     def flops_per_sample(self) -> float | None:
         """Model FLOPs of one training pair (3x forward; recomputation is not counted, as MFU convention has it)."""
         return float(model_flops(self.model_cfg, self.model_cfg.vision_cfg.patch_dropout).training())
+
+    def flops_per_extra_frame(self) -> float:
+        return 3.0 * model_flops(self.model_cfg, self.model_cfg.vision_cfg.patch_dropout).vision
 
 
 def make_task(cfg: TrainConfig) -> Task:

@@ -8,6 +8,7 @@ The same code runs one process on a laptop CPU or many under ``torchrun`` (DDP, 
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import gc
 import itertools
 import json
@@ -26,15 +27,17 @@ from evaclip.models import sample_rng
 from evaclip.models.factory import check_fits
 from evaclip.models.init import keyed_by_name
 from evaclip.outputs import atomic_write_text, check_output
-from evaclip.data.pipeline import make_loader, merge_states
+from evaclip.data.pipeline import global_skip_counts, make_loader, merge_states
 from evaclip.train import faults, run_state
 from evaclip.train.config import TrainConfig, compute_dtype
 from evaclip.train.distributed import DistInfo, gather_objects, init_distributed
 from evaclip.train.loop import Cadence, Progress, SampleTrace, SkipCounts, StepClock, StopRequest
 from evaclip.train.metrics import MetricsLog, measure_matmul_ceiling
 from evaclip.train.optim import build_optimizer
+from evaclip.train.phases import Phase, phase_at, phase_config, phases
 from evaclip.train.schedule import LRSchedule
-from evaclip.train.tasks import make_task
+from evaclip.models.parallel import unwrap
+from evaclip.train.tasks import make_task, model_config
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +101,19 @@ class Trainer:
         self.task = make_task(cfg)
         self.eval_sets = self._load_eval_sets()
         self._external_batches = batches
-        rank_batch = cfg.data.rank_batch(self.dist.world_size)  # a world size the global order cannot use: one line
-        if rank_batch % cfg.accum_steps:
-            raise ConfigError(f"this rank's batch ({rank_batch} = the global batch over {self.dist.world_size} "
-                              f"processes) must be a multiple of accum_steps ({cfg.accum_steps})")
+        # The run as its first phase trains it (the whole run without phases); every phase's data is checked now.
+        self.phase: Phase = phase_at(cfg, 0)
+        self.run_cfg = phase_config(cfg, 0)
+        self.position_offset = 0  # global positions of the phases before this one
+        for phase in phases(cfg):
+            data = phase_config(cfg, phase.index).data
+            rank_batch = data.rank_batch(self.dist.world_size)  # a world size the order cannot use: one line
+            if rank_batch % cfg.accum_steps:
+                raise ConfigError(f"this rank's batch ({rank_batch} = the global batch over {self.dist.world_size} "
+                                  f"processes) must be a multiple of accum_steps ({cfg.accum_steps})")
+            if batches is None and phase.index > 0:
+                self._make_loader(data).close()  # lists (and checks) the phase's sources, starts nothing
+        self._carried_skips: Counter = Counter()  # skips met by the loaders of earlier phases
         self.loader = self._make_loader() if batches is None else None
         if self.dist.is_main:
             _check_writable(self.out_dir)
@@ -124,6 +136,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "amp_fp16" else None
         self.step = 0
         self.samples_seen = 0
+        self.video_samples = 0  # clips among them
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
         # Where non-finite values showed up (for the stop message): steps whose loss or gradients were not
@@ -234,11 +247,30 @@ class Trainer:
                 raise type(e)(f"eval.zeroshot: {e}") from None
         return sets
 
-    def _make_loader(self):
+    def _make_loader(self, data=None):
         # The task's tokenizer carries its own context length: data.context_length is only make_loader's
         # default for callers that bring none.
-        return make_loader(self.cfg.data, self.dist.rank, self.dist.world_size,
+        return make_loader(data or self.run_cfg.data, self.dist.rank, self.dist.world_size,
                            transform=self.task.train_transform(), tokenizer=self.task.tokenizer())
+
+    def _enter_phase(self, phase: Phase) -> None:
+        """Switch to ``phase``: its data (a fresh loader) and its patch dropout; the schedule runs on."""
+        cfg = self.cfg
+        self.position_offset = sum(p.steps * phase_config(cfg, p.index).data.global_batch(self.dist.world_size)
+                                   for p in phases(cfg)[:phase.index])
+        self.phase, self.run_cfg = phase, phase_config(cfg, phase.index)
+        if self.loader is not None:
+            self._carried_skips.update(self.loader.skip_counts)
+            self.loader.close()
+            self.loader = self._make_loader()
+        ratio = model_config(self.run_cfg).vision_cfg.patch_dropout
+        self.task.model_cfg.vision_cfg.patch_dropout = ratio  # for FLOPs and MFU
+        vision = unwrap(self.raw_model)
+        vision = getattr(vision, "visual", vision)
+        vision.patch_dropout = ratio
+        if self.dist.is_main:
+            log.info("phase %d (%s) from step %d: %d steps, patch dropout %g", phase.index, phase.name,
+                     phase.start, phase.steps, ratio)
 
     def _batches(self) -> Iterator:
         if self._external_batches is not None:
@@ -255,15 +287,25 @@ class Trainer:
         meta, data_state = run_state.load(path, self.model, self.optimizer)
         self.step = int(meta["step"])
         self.samples_seen = int(meta.get("samples_seen", 0))
+        self.video_samples = int(meta.get("video_samples", 0))
+        if self.dist.is_main:  # skip totals of earlier phases: rank 0 carries them (the logs sum over ranks)
+            self._carried_skips = Counter(meta.get("earlier_phase_skips") or {})
         self.skipped_steps = int(meta.get("skipped_steps", 0))
         self.nonfinite_steps = int(meta.get("nonfinite_steps", 0))
         self.first_nonfinite_step = meta.get("first_nonfinite_step")
         if self.scaler is not None and meta.get("grad_scaler"):
             self.scaler.load_state_dict(meta["grad_scaler"])
-        if self._external_batches is None and data_state is not None:
+        phase = phase_at(self.cfg, self.step)
+        if phase.index != self.phase.index:
+            self._enter_phase(phase)
+        if self._external_batches is not None or data_state is None:
+            pass
+        elif data_state.get("phase", 0) == phase.index:
             if self.loader is None:
                 self.loader = self._make_loader()
             self.loader.load_state_dict(data_state)  # the global position: any world size can take it up
+        elif self.dist.is_main:  # saved at the end of an earlier phase: this one starts its data afresh
+            self._carried_skips.update(data_state.get("skip_counts", {}))
         if self.dist.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 
@@ -272,9 +314,13 @@ class Trainer:
         # Every rank's streams together are the global data position (a collective).
         parts = gather_objects(self.loader.state_dict() if self.loader is not None else None)
         data_state = merge_states(parts) if self.dist.is_main else None
-        meta = {"samples_seen": self.samples_seen, "config": self.cfg.to_dict(), "recipe": self.cfg.recipe,
+        if data_state is not None:
+            data_state["phase"] = self.phase.index
+        carried = global_skip_counts(self._carried_skips)  # a collective, like the gather above
+        meta = {"samples_seen": self.samples_seen, "video_samples": self.video_samples,
+                "config": self.cfg.to_dict(), "recipe": self.cfg.recipe,
                 "skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite_steps,
-                "first_nonfinite_step": self.first_nonfinite_step}
+                "first_nonfinite_step": self.first_nonfinite_step, "earlier_phase_skips": carried}
         if self.scaler is not None:
             meta["grad_scaler"] = self.scaler.state_dict()
         return run_state.save(self.out_dir, self.step, self.model, self.optimizer,
@@ -348,13 +394,19 @@ class Trainer:
         return loss
 
     # ---- one step -----------------------------------------------------------------------------------------
-    def train_step(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
+    def train_step(self, images: torch.Tensor, tokens: torch.Tensor, frames: list[int] | None = None,
+                   videos: int = 0) -> dict[str, Any]:
+        """One step on this rank's batch; ``frames``/``videos``: frame counts and number of clips when the
+        batch holds video clips (their frames are rows of ``images``)."""
         cfg, step, scaler = self.cfg, self.step, self.scaler
         lr_factor = self.schedule.apply(self.optimizer, step)
         images = images.to(self.device, non_blocking=True)
         tokens = tokens.to(self.device, non_blocking=True)
         if cfg.precision == "bf16":
             images = images.to(torch.bfloat16)
+        if cfg.accum_steps > 1 and frames is not None:
+            raise TrainingError("accum_steps > 1 does not split batches with video clips yet; train them with "
+                                "accum_steps=1 (and a smaller batch or gradient checkpointing)")
         if cfg.accum_steps > 1:  # exact accumulation for the contrastive loss (see accumulate.py)
             from evaclip.train.accumulate import cached_feature_step
             loss = cached_feature_step(self.model, self.loss_fn, images, tokens, cfg.accum_steps,
@@ -365,7 +417,7 @@ class Trainer:
                 self.raw_model, "logit_scale") else {}
         else:
             with _autocast(cfg.precision, self.device):
-                loss, extras = self.task.loss(self.model, self.loss_fn, images, tokens)
+                loss, extras = self.task.loss(self.model, self.loss_fn, images, tokens, frames)
             loss = self._inject_loss_faults(loss, step)
             (scaler.scale(loss) if scaler is not None else loss).backward()
         if faults.active("nan_grad", step):
@@ -380,7 +432,9 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
-        loss_value, loss_ok, grad_ok = self._reduce_step(loss.detach(), grad_norm)
+        extra_frames = sum(frames) - len(frames) if frames is not None else 0
+        loss_value, loss_ok, grad_ok, clips, extra_frames = self._reduce_step(loss.detach(), grad_norm, videos,
+                                                                              extra_frames)
         ok = loss_ok and grad_ok
         # Under fp16 loss scaling, gradients that overflow at a scale >= 1 are the scaler's to handle (it halves
         # the scale and the step is skipped); at a scale below 1 they are not finite at any scale: a fault.
@@ -414,15 +468,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         lr = max(g["lr"] for g in self.optimizer.param_groups)  # the highest group lr (e.g. the vision top)
         record = {"step": step, "loss": loss_value, "lr": lr, "lr_factor": lr_factor,
-                  "grad_norm": float(grad_norm), "skipped": not ok}
+                  "grad_norm": float(grad_norm), "skipped": not ok, "video_samples": clips,
+                  "extra_frames": extra_frames}
         if scaler is not None:
             record.update(loss_scale=loss_scale, overflow=overflow)
         for k, v in extras.items():
             record[k] = float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
         return record
 
-    def _reduce_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[float, bool, bool]:
-        """(the global-batch loss, is it finite, are the gradients finite), the same on every rank.
+    def _reduce_step(self, loss: torch.Tensor, grad_norm: torch.Tensor, videos: int = 0, extra_frames: int = 0
+                     ) -> tuple[float, bool, bool, int, int]:
+        """(the global-batch loss, is it finite, are the gradients finite, the global batch's video clips and
+        frames beyond one per sample), the same on every rank.
 
         The loss is the mean of the ranks' losses (each over an equal share of the batch), which is the
         loss of the global batch (see evaclip.train.loss); rank 0's own loss is only its share. Every rank
@@ -433,13 +490,15 @@ class Trainer:
         stop = float(self.stop is not None and self.stop.requested)
         values = torch.stack([loss.float().reshape(()), (~torch.isfinite(loss)).float().reshape(()),
                               (~torch.isfinite(grad_norm)).float().reshape(()).to(loss.device),
-                              torch.tensor(stop, device=loss.device)])
+                              torch.tensor(stop, device=loss.device),
+                              torch.tensor(float(videos), device=loss.device),
+                              torch.tensor(float(extra_frames), device=loss.device)])
         if self.dist.is_distributed:
             dist.all_reduce(values)
             values[0] /= self.dist.world_size
-        mean, bad_loss, bad_grad, stops = values.tolist()
+        mean, bad_loss, bad_grad, stops, clips, frames = values.tolist()
         self.stop_agreed = stops > 0
-        return mean, bad_loss == 0, bad_grad == 0
+        return mean, bad_loss == 0, bad_grad == 0, int(clips), int(frames)
 
     def check_nonfinite(self, step: int) -> None:
         """Stop on non-finite weights at once (no later step can repair them) and after
@@ -497,7 +556,7 @@ class Trainer:
         cfg = self.cfg
         self.resume()
         self.require_finite_weights("trained")
-        global_batch = cfg.data.global_batch(self.dist.world_size)
+        global_batch = self.run_cfg.data.global_batch(self.dist.world_size)
         cadence = Cadence.of(cfg)
         trace = SampleTrace(self.out_dir, self.dist.rank, cfg.trace_samples)
         with contextlib.ExitStack() as open_parts:  # closed in reverse order, whether the run ends or fails
@@ -514,14 +573,19 @@ class Trainer:
             # faster than fp32 on a GPU, so an fp32 ceiling would inflate a bf16 run's MFU).
             ceiling = measure_matmul_ceiling(self.device, compute_dtype(cfg.precision)) if flops else None
             batches = self._batches()
-            skips = SkipCounts(self.loader)
+            skips = SkipCounts(self.loader, self._carried_skips)
             progress = Progress(self.dist.is_main and cfg.progress, total=cfg.steps, initial=self.step,
                                 desc=f"train {cfg.recipe or cfg.task}")
             open_parts.callback(progress.close)
             self.model.train()
-            clock = StepClock(global_batch, flops, ceiling, self.dist.world_size)
+            clock = StepClock(global_batch, flops, ceiling, self.dist.world_size, self.task.flops_per_extra_frame())
             self.stop = open_parts.enter_context(StopRequest(cfg.preempt_signals))
             while self.step < cfg.steps:
+                if phase_at(cfg, self.step).index != self.phase.index:  # the next phase of a phased run
+                    self._enter_phase(phase_at(cfg, self.step))
+                    batches, skips.loader = self._batches(), self.loader
+                    global_batch = self.run_cfg.data.global_batch(self.dist.world_size)
+                    clock.global_batch, clock.flops = global_batch, self.task.flops_per_sample()
                 clock.start()
                 try:
                     images, tokens, info = next(batches)
@@ -531,11 +595,19 @@ class Trainer:
                 clock.batch_ready()
                 # Per-sample randomness (patch dropout, DropPath, MIM masks) keyed by the samples' global
                 # positions: the same on any world size, in any micro-batch, when a block is recomputed.
-                positions = info.get("positions") if isinstance(info, dict) else None
+                info = info if isinstance(info, dict) else {}
+                frames, positions = info.get("frames"), info.get("positions")
+                if positions is not None:
+                    positions = [self.position_offset + p for p in positions]
                 keys = None if positions is None else sample_rng.sample_keys(cfg.seed, positions).to(self.device)
+                if keys is not None and frames is not None:
+                    keys = sample_rng.frame_keys(keys, frames)
                 with sample_rng.per_sample(keys):
-                    record = self.train_step(images, tokens)
+                    record = self.train_step(images, tokens, frames, info.get("videos", 0))
                 clock.step_done(record)
+                self.video_samples += record["video_samples"]
+                if cfg.phases:
+                    record["phase"] = self.phase.index
                 trace.write(self.step, info)
                 self.step += 1
                 self.samples_seen += global_batch
@@ -574,7 +646,8 @@ class Trainer:
     def _summary(self, clock: StepClock, skips: SkipCounts, exported: list[Path]) -> dict[str, Any]:
         """The run's totals, written to summary.json by rank 0. A collective (the skip counts of every rank)."""
         # final_loss: that of the last step that updated the weights (a skipped step's NaN says nothing about them).
-        summary = {"steps": self.step, "samples_seen": self.samples_seen, "final_loss": self.last_finite_loss,
+        summary = {"steps": self.step, "samples_seen": self.samples_seen, "video_samples": self.video_samples,
+                   "final_loss": self.last_finite_loss,
                    "skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite_steps,
                    **clock.totals(), "exported": [str(p) for p in exported]}
         skips.add_to_summary(summary)

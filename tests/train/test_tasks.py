@@ -86,7 +86,7 @@ def test_sharded_mim_init_under_two_ranks_loads_the_student_exactly(tmp_path):
 def test_the_planner_sizes_the_model_the_recipe_trains(recipe):
     """One translation from run config to model config: the planner's model of a recipe is the task's, with
     the run's patch dropout, temperature and input size."""
-    _, planned, _ = _resolve(PlanRequest(model=recipe, gpus=1, gpu_memory_gib=80))
+    _, planned, _, _ = _resolve(PlanRequest(model=recipe, gpus=1, gpu_memory_gib=80))
     assert planned.to_dict() == ClipTask(get_recipe(recipe)).model_cfg.to_dict()
 
 

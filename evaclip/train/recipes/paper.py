@@ -26,7 +26,7 @@ from __future__ import annotations
 from evaclip.data.config import DataConfig, DataSource
 from evaclip.models.checkpoint import WEAK_TO_STRONG_SKIP
 from evaclip.errors import ConfigError
-from evaclip.train.config import EvalSection, ModelSection, ScheduleSection, TrainConfig
+from evaclip.train.config import EvalSection, ModelSection, PhaseSection, ScheduleSection, TrainConfig
 from evaclip.train.optim import OptimConfig
 from evaclip.train.recipes import register
 
@@ -69,16 +69,36 @@ def eva_clip_8b() -> TrainConfig:
     return _paper("EVA-CLIP-8B", global_batch=178_176, samples=9e9, gpus=GPUS_8B, mim="EVA_8B_psz14.bin")
 
 
-@register("eva-clip-18b", source="paper Tables 1, 13", gpus=GPUS_18B)
+# The paper's three phases of EVA-CLIP-18B (section 3): 5.4B samples of Merged-2B at patch dropout 0.5; 0.6B of
+# Merged-2B plus 20M of LAION-COCO without patch dropout; 24M of Merged-Video (VideoCC, InternVid, WebVid-10M;
+# 8 frames a clip, the mean of their features) at patch dropout 0.5, "included at the end of the training
+# process". One warm-up + cosine schedule spans all three (Table 13: 6B samples seen).
+LAION_COCO = "/data/laion-coco/{00000..01999}.tar"
+MERGED_VIDEO = "/data/videocc/{0000..0999}.tar::/data/internvid/{0000..0999}.tar::/data/webvid10m/{0000..0999}.tar"
+PHASES_18B = (("merged-2b", 5.4e9, []),
+              ("merged-2b+laion-coco, no patch dropout", 0.62e9,
+               [f"data.sources={MERGED_2B[0].urls}::{MERGED_2B[1].urls}::{LAION_COCO}",
+                "data.weights=0.48,0.12,0.02", "model.patch_dropout=0.0"]),
+              ("merged-video", 24e6, [f"data.sources={MERGED_VIDEO}", "data.weights=1,1,1", "data.video_frames=8"]))
+
+
+@register("eva-clip-18b", source="paper Tables 1, 13; section 3 (three phases)", gpus=GPUS_18B)
 def eva_clip_18b() -> TrainConfig:
-    """EVA-CLIP-18B: 6B samples at a 108k global batch on 360 A100-40GB (Tables 12-13)."""
-    return _paper("EVA-CLIP-18B", global_batch=108_000, samples=6e9, gpus=GPUS_18B, mim="EVA_18B_psz14.fp16.bin")
+    """EVA-CLIP-18B: 6B samples at a 108k global batch on 360 A100-40GB in the paper's three phases."""
+    cfg = _paper("EVA-CLIP-18B", global_batch=108_000, samples=6e9, gpus=GPUS_18B, mim="EVA_18B_psz14.fp16.bin")
+    global_batch = cfg.data.batch_size * GPUS_18B
+    cfg.phases = [PhaseSection(name=name, steps=round(samples / global_batch), overrides=list(overrides),
+                               video_share=1.0 if name == "merged-video" else 0.0)
+                  for name, samples, overrides in PHASES_18B]
+    cfg.steps = sum(p.steps for p in cfg.phases)
+    return cfg
 
 
 def _plus(main: TrainConfig, image_size: int, global_batch: int, samples: float, gpus: int,
           start: str) -> TrainConfig:
     """The main stage's recipe continued from its own result at a higher resolution (Tables 12-13, right)."""
     cfg = main
+    cfg.phases = []  # one phase: the main stage's later phases are not repeated at the higher resolution
     cfg.out_dir += f"-{image_size}"
     cfg.steps = int(samples // global_batch)
     cfg.data.batch_size = global_batch // gpus
