@@ -46,9 +46,11 @@ def _base(recipe: str, model: str, steps: int, lr: float, visual_ld: float = 1.0
         out_dir=f"runs/{recipe}", steps=steps, seed=0, precision="fp32", checkpoint_every=0, log_every=10,
         tensorboard=False,
         model=ModelSection(name=model),
-        # Not resampled: every epoch is a fresh permutation of all pairs (the dataset is small).
+        # Not resampled: every epoch is a fresh permutation of all pairs (the dataset is small). One canonical
+        # stream: epochs are exact passes over the ~22 unequal shards, which more streams would not split evenly
+        # (evaclip/data/streams.py); the demo runs in one process, so it gives up nothing.
         data=DataConfig(sources=train_sources(), batch_size=BATCH, num_workers=1, resampled=False, seed=0,
-                        context_length=32, shuffle_window=256, interleave=4),
+                        context_length=32, shuffle_window=256, interleave=4, canonical_streams=1),
         optim=OptimConfig(name="adamw", lr=lr, visual_lr=lr, text_lr=lr, weight_decay=0.05, visual_ld=visual_ld,
                           text_ld=1.0, betas=(0.9, 0.98), eps=1e-6, grad_clip=1.0),
         schedule=ScheduleSection(warmup_steps=warmup, kind="cosine"),
