@@ -8,7 +8,8 @@ generator, seeded by (seed, the parameter's name): a single process, DDP and FSD
 shard, a DTensor) then start from bit-identical weights. Under FSDP2 each rank draws one full parameter at a
 time on the CPU and keeps its own shard, so no process ever holds the full model (only its largest parameter,
 briefly). Chosen over block-by-block initialisation because it needs no cooperation from the wrapping and is
-independent of the order in which modules are initialised.
+independent of the order in which modules are initialised. The price: every rank draws every parameter once
+on its CPU (for 18B, minutes at start-up; weights that a checkpoint then replaces are drawn too).
 """
 from __future__ import annotations
 
