@@ -69,7 +69,7 @@ def shards(path: str | None) -> list[str]:
 def loader_for(urls: list[str], image_size: int, batch: int, workers: int, context: int, tokenizer=None,
                streams: int | None = None):
     cfg = DataConfig(sources=[DataSource(urls, 1.0, "bench")], batch_size=batch, num_workers=workers,
-                     resampled=True, seed=0, context_length=context, shuffle_window=256, interleave=4)
+                     resampled=True, seed=0, context_length=context, shuffle_window=64)
     if streams is not None:
         cfg.canonical_streams = streams
     return make_loader(cfg, transform=image_transform(image_size, is_train=True), tokenizer=tokenizer)
@@ -77,9 +77,12 @@ def loader_for(urls: list[str], image_size: int, batch: int, workers: int, conte
 
 def pipeline_rate(urls: list[str], image_size: int, batch: int, batches: int, context: int,
                   tokenizer=None, streams: int | None = None) -> float:
-    """Images/s of one worker (the loader runs in this process), after one warm-up batch."""
-    it = iter(loader_for(urls, image_size, batch, 0, context, tokenizer, streams))
-    next(it)
+    """Images/s of one worker (the loader runs in this process) in the steady state: after warm-up batches
+    that have drawn from every canonical stream (each fills its first shuffle window on first use)."""
+    loader = loader_for(urls, image_size, batch, 0, context, tokenizer, streams)
+    it = iter(loader)
+    for _ in range(1 + -(-loader.cfg.canonical_streams // batch)):
+        next(it)
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
@@ -122,8 +125,11 @@ def video_rate(urls: list[str], image_size: int, frames: int, clips: int = 48, b
 def end_to_end(model, urls: list[str], image_size: int, batch: int, steps: int, context: int,
                tokenizer=None) -> dict:
     """Train ``steps`` steps from the real loader (1 worker); return wait and step times."""
-    it = iter(loader_for(urls, image_size, batch, 1, context, tokenizer))
-    images, tokens, _ = next(it)  # worker start-up and the first batch are not part of the steady state
+    loader = loader_for(urls, image_size, batch, 1, context, tokenizer)
+    it = iter(loader)
+    # Worker start-up and every canonical stream's first window are not part of the steady state.
+    for _ in range(1 + -(-loader.cfg.canonical_streams // batch)):
+        images, tokens, _ = next(it)
     step = make_step(model, Batch(images, tokens))
     step()
     wait = compute = 0.0

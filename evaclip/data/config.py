@@ -50,7 +50,9 @@ class DataConfig:
     resampled: bool = True
     seed: int = 0
     context_length: int = 77
-    interleave: int = 4          # shards each worker reads at once (per source), samples mixed among them
+    # Shards each canonical stream reads at once (per source), samples mixed among them. One: the canonical
+    # streams already mix that many shards, and every stream's open shards and windows are held in memory.
+    interleave: int = 1
     shuffle_window: int = 64     # samples of one shard shuffled together (memory: window x interleave samples)
     samples_per_epoch: int | None = None  # virtual epoch over all ranks; None = one endless epoch
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # also the limit on a video frame's pixels

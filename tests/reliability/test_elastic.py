@@ -78,7 +78,5 @@ def test_a_world_size_that_cannot_share_the_order_is_one_line(tmp_path):
     assert proc.returncode != 0
     line = [ln for ln in proc.stderr.splitlines() if "canonical_streams" in ln]
     assert line and "run on 1" in line[0], proc.stderr[-2000:]
-    single = run(cli(*RUN, "data.global_batch_size=6", "data.canonical_streams=4", f"out_dir={tmp_path / 'y'}"))
-    assert single.returncode == 0, single.stderr[-2000:]  # one process serves any order
     bad = run(cli(*RUN, "data.global_batch_size=0", f"out_dir={tmp_path / 'z'}"))
     assert_clean_error(bad, "global_batch_size")
