@@ -298,14 +298,13 @@ class Trainer:
         phase = phase_at(self.cfg, self.step)
         if phase.index != self.phase.index:
             self._enter_phase(phase)
-        if self._external_batches is not None or data_state is None:
-            pass
-        elif data_state.get("phase", 0) == phase.index:
-            if self.loader is None:
-                self.loader = self._make_loader()
-            self.loader.load_state_dict(data_state)  # the global position: any world size can take it up
-        elif self.dist.is_main:  # saved at the end of an earlier phase: this one starts its data afresh
-            self._carried_skips.update(data_state.get("skip_counts", {}))
+        if self._external_batches is None and data_state is not None:
+            if data_state.get("phase", 0) == phase.index:
+                if self.loader is None:
+                    self.loader = self._make_loader()
+                self.loader.load_state_dict(data_state)  # the global position: any world size can take it up
+            elif self.dist.is_main:  # saved at the end of an earlier phase: this one starts its data afresh
+                self._carried_skips.update(data_state.get("skip_counts", {}))
         if self.dist.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 
@@ -581,8 +580,9 @@ class Trainer:
             clock = StepClock(global_batch, flops, ceiling, self.dist.world_size, self.task.flops_per_extra_frame())
             self.stop = open_parts.enter_context(StopRequest(cfg.preempt_signals))
             while self.step < cfg.steps:
-                if phase_at(cfg, self.step).index != self.phase.index:  # the next phase of a phased run
-                    self._enter_phase(phase_at(cfg, self.step))
+                phase = phase_at(cfg, self.step)
+                if phase.index != self.phase.index:  # the next phase of a phased run
+                    self._enter_phase(phase)
                     batches, skips.loader = self._batches(), self.loader
                     global_batch = self.run_cfg.data.global_batch(self.dist.world_size)
                     clock.global_batch, clock.flops = global_batch, self.task.flops_per_sample()
@@ -593,17 +593,9 @@ class Trainer:
                     batches = self._batches()  # next virtual epoch
                     images, tokens, info = next(batches)
                 clock.batch_ready()
-                # Per-sample randomness (patch dropout, DropPath, MIM masks) keyed by the samples' global
-                # positions: the same on any world size, in any micro-batch, when a block is recomputed.
                 info = info if isinstance(info, dict) else {}
-                frames, positions = info.get("frames"), info.get("positions")
-                if positions is not None:
-                    positions = [self.position_offset + p for p in positions]
-                keys = None if positions is None else sample_rng.sample_keys(cfg.seed, positions).to(self.device)
-                if keys is not None and frames is not None:
-                    keys = sample_rng.frame_keys(keys, frames)
-                with sample_rng.per_sample(keys):
-                    record = self.train_step(images, tokens, frames, info.get("videos", 0))
+                with sample_rng.per_sample(self._sample_keys(info)):
+                    record = self.train_step(images, tokens, info.get("frames"), info.get("videos", 0))
                 clock.step_done(record)
                 self.video_samples += record["video_samples"]
                 if cfg.phases:
@@ -629,6 +621,17 @@ class Trainer:
                 self.save_checkpoint()
             exported = self.export()
         return self._summary(clock, skips, exported)
+
+    def _sample_keys(self, info: dict) -> torch.Tensor | None:
+        """Keys of the per-sample randomness (patch dropout, DropPath, MIM masks): the samples' global positions
+        over the whole run (phases included), one per frame for clips. The same on any world size, in any
+        micro-batch, and when a checkpointed block is recomputed. None for batches fed by the caller."""
+        positions = info.get("positions")
+        if positions is None:
+            return None
+        keys = sample_rng.sample_keys(self.cfg.seed, [self.position_offset + p for p in positions]).to(self.device)
+        frames = info.get("frames")
+        return keys if frames is None else sample_rng.frame_keys(keys, frames)
 
     def _stop_here(self, saved: bool) -> None:
         """Preemption: a checkpoint at this step boundary (unless the cadence just wrote it), then out."""
