@@ -342,8 +342,8 @@ class TrainLoader:
             raise DatasetError("cannot resume the data position exactly, the data layout changed ("
                                + "; ".join(diff) + "); keep the same canonical streams, global batch and sources")
         self.close()
-        mine = set(self.dataset.order.worker_streams(0)).union(
-            *(self.dataset.order.worker_streams(w) for w in range(self.workers)))
+        order = self.dataset.order
+        mine = {c for w in range(self.workers) for c in order.worker_streams(w)}  # this rank's streams
         streams = {int(c): st for c, st in state["streams"].items()}
         self.stream_states = {c: copy.deepcopy(st) for c, st in streams.items() if c in mine}
         self.batches_consumed = int(state["batches_consumed"])
