@@ -7,6 +7,10 @@ demo-mim      a larger EVA ViT (w192 L4) distilled from the teacher's vision tow
 demo-student  the larger EVA-CLIP: vision tower from demo-mim, text tower from the teacher (its projection and
               the vision head re-initialised), then contrastive training with layer-wise lr decay.
 demo-control  the same larger EVA-CLIP from scratch; the demo gives it the FLOPs of MIM + student CLIP.
+demo-video    the paper's last phase at demo scale: the student CLIP continues on image pairs mixed with
+              video-text clips (8 frames a clip, the mean of the frames' features; ``VIDEO_SHARE`` of the samples).
+demo-video-images  its ablation: the same continuation on image pairs only (same steps, lr and batch), so that
+              what video adds is told apart from what more training adds.
 
 The contrastive stages use lr 3e-4; pairs with identical captions are masked out of each other's softmax
 (``loss.mask_duplicate_texts``). How these settings and the step budgets were chosen, and on which data:
@@ -29,15 +33,28 @@ DEFAULT_TRAIN_DIR = Path("data_cache") / "offline" / "train"
 BATCH = 128
 
 
+def _shards(folder: str | Path, name: str, weight: float) -> DataSource:
+    shards = sorted(str(p) for p in Path(folder).glob("*.tar"))
+    return DataSource(shards or str(Path(folder) / "*.tar"), weight, name)
+
+
 def train_sources(train_dir: str | Path = DEFAULT_TRAIN_DIR) -> list[DataSource]:
     """All training shards of the offline data as one source (read in per-epoch permutations)."""
-    shards = sorted(str(p) for p in Path(train_dir).glob("*.tar"))
-    return [DataSource(shards or str(Path(train_dir) / "*.tar"), 1.0, "offline-train")]
+    return [_shards(train_dir, "offline-train", 1.0)]
+
+
+def video_sources(data_dir: str | Path = DEFAULT_TRAIN_DIR.parent) -> list[DataSource]:
+    """The image pairs and the video-text clips of the offline data, mixed ``1 - VIDEO_SHARE : VIDEO_SHARE``."""
+    return [_shards(Path(data_dir) / "train", "offline-train", 1.0 - VIDEO_SHARE),
+            _shards(Path(data_dir) / "video" / "train", "useanimations-video", VIDEO_SHARE)]
 
 
 CLIP_LR = 3e-4
 # Step budgets at batch 128 (``evaclip demo``'s full budget reads them from here).
 TEACHER_STEPS, MIM_STEPS, STUDENT_STEPS = 2000, 250, 350
+# The video continuation: a short second schedule at a third of the CLIP lr (the paper's video phase is the
+# tail of one long schedule, where the lr is already low); a quarter of its samples are clips of 8 frames.
+VIDEO_STEPS, VIDEO_LR, VIDEO_SHARE = 150, 1e-4, 0.25
 
 
 def _base(recipe: str, model: str, steps: int, lr: float, visual_ld: float = 1.0, warmup: int = 50) -> TrainConfig:
@@ -86,6 +103,27 @@ def demo_student() -> TrainConfig:
     cfg.model.skip_keys = list(WEAK_TO_STRONG_SKIP)
     cfg.model.patch_dropout = 0.5  # the paper's 0.5: half the patch tokens, about half the cost
     return cfg
+
+
+def _continuation(recipe: str, sources: list[DataSource]) -> TrainConfig:
+    cfg = _base(recipe, "demo-student", steps=VIDEO_STEPS, lr=VIDEO_LR, visual_ld=0.85, warmup=15)
+    cfg.model.pretrained = "runs/demo-student/final.safetensors"
+    cfg.model.patch_dropout = 0.5  # per frame, as the paper's video phase
+    cfg.data.sources = sources
+    cfg.data.video_frames = 8
+    return cfg
+
+
+@register("demo-video")
+def demo_video() -> TrainConfig:
+    """Demo video stage: the student CLIP continues on image pairs + 25% video clips (8 frames, mean feature)."""
+    return _continuation("demo-video", video_sources())
+
+
+@register("demo-video-images")
+def demo_video_images() -> TrainConfig:
+    """Ablation of demo-video: the same continuation of the student CLIP on image pairs only."""
+    return _continuation("demo-video-images", train_sources())
 
 
 @register("demo-control")

@@ -2,7 +2,9 @@
 
 Per seed: prepare data (cached) -> teacher EVA-CLIP -> MIM student distilled from the teacher's vision tower
 -> student EVA-CLIP initialised from the MIM student (vision) and the teacher (text) -> control: the student's
-architecture trained from scratch with the compute of MIM + student CLIP -> evaluate the three.
+architecture trained from scratch with the compute of MIM + student CLIP -> the paper's last phase: the
+student continues on image pairs mixed with video clips ("video"), and, as its ablation, on image pairs only
+("video_images") -> evaluate all five (zero-shot video with 1 and 8 frames included).
 
 Every stage is a run of the ordinary trainer with a ``demo-*`` recipe (:mod:`evaclip_demo.recipes`)
 and writes to ``OUT/runs/seed<k>/<stage>/``. A stage whose outputs exist is skipped, and an interrupted stage
@@ -30,10 +32,12 @@ from evaclip.train.config import apply_overrides
 from evaclip.train.recipes import get_recipe
 from evaclip.train.run_state import find_latest
 from evaclip.train.trainer import train
-from evaclip_demo.recipes import MIM_STEPS, STUDENT_STEPS, TEACHER_STEPS, train_sources
+from evaclip_demo.recipes import (MIM_STEPS, STUDENT_STEPS, TEACHER_STEPS, VIDEO_STEPS, train_sources,
+                                  video_sources)
 
-STAGES = ("teacher", "mim", "student", "control")
+STAGES = ("teacher", "mim", "student", "control", "video", "video_images")
 MODELS = ("teacher", "student", "control")
+CONTINUED = ("video", "video_images")  # the student after the video stage, and after its image-only ablation
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Budget:
     teacher_steps: int = TEACHER_STEPS
     mim_steps: int = MIM_STEPS
     student_steps: int = STUDENT_STEPS
+    video_steps: int = VIDEO_STEPS  # each of the two continuations of the student (video, image-only)
     warmup_steps: int = 50
     patch_dropout: float = 0.5  # on the student and control CLIPs (the paper's 0.5)
     checkpoint_every: int = 100  # lets a killed demo continue inside a stage
@@ -51,7 +56,7 @@ class Budget:
 
 
 FULL = Budget()
-QUICK = Budget(batch_size=8, teacher_steps=12, mim_steps=6, student_steps=6, warmup_steps=2,
+QUICK = Budget(batch_size=8, teacher_steps=12, mim_steps=6, student_steps=6, video_steps=4, warmup_steps=2,
                checkpoint_every=0, eval_batch_size=64)
 
 
@@ -78,18 +83,18 @@ def stage_done(out_dir: Path) -> bool:
 
 
 def _stage_config(recipe: str, out_dir: Path, steps: int, seed: int, data_dir: Path, budget: Budget,
-                  progress: bool, overrides: tuple[str, ...] = ()):
-    """The recipe with the demo's data, budget and seed, then ``overrides`` (dotted ``key=value``, the syntax of
-    ``evaclip train``)."""
+                  progress: bool, overrides: tuple[str, ...] = (), sources=None):
+    """The recipe with the demo's data (``sources``, default the image pairs), budget and seed, then
+    ``overrides`` (dotted ``key=value``, the syntax of ``evaclip train``)."""
     cfg = get_recipe(recipe)
     cfg.out_dir = str(out_dir)
     cfg.steps = steps
     cfg.seed = seed
     cfg.progress = progress
-    cfg.data.sources = train_sources(data_dir / "train")
+    cfg.data.sources = sources or train_sources(data_dir / "train")
     cfg.data.batch_size = budget.batch_size
     cfg.data.seed = seed
-    cfg.schedule.warmup_steps = min(budget.warmup_steps, max(0, steps - 1))
+    cfg.schedule.warmup_steps = min(cfg.schedule.warmup_steps, budget.warmup_steps, max(0, steps - 1))
     cfg.checkpoint_every = budget.checkpoint_every if budget.checkpoint_every < steps else 0
     return apply_overrides(cfg, list(overrides))
 
@@ -165,6 +170,14 @@ def run_seed(seed: int, data_dir: Path, out: Path, budget: Budget, progress: boo
     summaries["control"] = run_stage("control", _stage_config(
         "demo-control", dirs["control"], n_control, seed, data_dir, budget, progress,
         overrides=(f"model.patch_dropout={budget.patch_dropout}",)))
+    # The paper's last phase: the student goes on with video clips mixed in; its ablation goes on with images.
+    go_on = (f"model.pretrained={dirs['student'] / 'final.safetensors'}", f"model.patch_dropout={budget.patch_dropout}")
+    summaries["video"] = run_stage("video", _stage_config(
+        "demo-video", dirs["video"], budget.video_steps, seed, data_dir, budget, progress, overrides=go_on,
+        sources=video_sources(data_dir)))
+    summaries["video_images"] = run_stage("video_images", _stage_config(
+        "demo-video-images", dirs["video_images"], budget.video_steps, seed, data_dir, budget, progress,
+        overrides=go_on))
 
     samples = {s: summaries[s]["samples_seen"] for s in STAGES}
     teacher_pair, student_pair = clip_flops(teacher_model), clip_flops(student_model, budget.patch_dropout)
@@ -182,28 +195,38 @@ def run_seed(seed: int, data_dir: Path, out: Path, budget: Budget, progress: boo
     record: dict[str, Any] = {"seed": seed, "stages": {}}
     for s in STAGES:
         record["stages"][s] = {"steps": summaries[s]["steps"], "samples": samples[s],
+                               "video_samples": summaries[s].get("video_samples", 0),
                                "wall_s": summaries[s]["wall_s"], "final_loss": summaries[s].get("final_loss")}
     own_flops = {"teacher": flops["teacher"], "student": flops["mim"] + flops["student_clip"],
                  "control": flops["control"]}
     trained = {"teacher": samples["teacher"] * teacher_pair.training(include_frozen=False), **matched}
-    for m in MODELS:
+    metrics = {}
+    for m in MODELS + CONTINUED:
         d = dirs[m]
         cached = d / "eval.json"
-        if cached.is_file():
-            metrics = json.loads(cached.read_text())
-        else:
+        if cached.is_file() and "video/useanimations@8" in (known := json.loads(cached.read_text())):
+            metrics[m] = known
+        else:  # (an eval.json without the video sets is from before the demo had them: evaluated again)
             _say(f"[demo] evaluating the {m} (seed {seed})")
-            metrics = evaluate_model(d / "final.safetensors", d / "model_config.json", data_dir,
-                                     batch_size=budget.eval_batch_size)
-            cached.write_text(json.dumps(metrics, indent=2) + "\n")
+            metrics[m] = evaluate_model(d / "final.safetensors", d / "model_config.json", data_dir,
+                                        batch_size=budget.eval_batch_size)
+            cached.write_text(json.dumps(metrics[m], indent=2) + "\n")
+    for m in MODELS:
+        d = dirs[m]
         wall = summaries[m]["wall_s"] + (summaries["mim"]["wall_s"] if m == "student" else 0.0)
-        record[m] = {"metrics": metrics, "parameters": _count_parameters(d / "final.safetensors"),
+        record[m] = {"metrics": metrics[m], "parameters": _count_parameters(d / "final.safetensors"),
                      "training_flops": own_flops[m], "trained_flops": trained[m], "wall_s": wall,
                      "weights": str(d / "final.safetensors"), "config": str(d / "model_config.json")}
     # The student's compute including the teacher it learned from (the x position on the scaling plot).
     record["student"]["training_flops_with_teacher"] = own_flops["student"] + own_flops["teacher"]
     record["student"]["trained_flops_with_teacher"] = trained["student"] + trained["teacher"]
     record["matched_flops"] = matched
+    # The continuations: same steps, lr and batch; "video" has VIDEO_SHARE of its samples as 8-frame clips.
+    record["continued"] = {c: {"metrics": metrics[c], "steps": summaries[c]["steps"],
+                               "samples": summaries[c]["samples_seen"],
+                               "video_samples": summaries[c].get("video_samples", 0),
+                               "wall_s": summaries[c]["wall_s"], "weights": str(dirs[c] / "final.safetensors")}
+                           for c in CONTINUED}
     return record
 
 
@@ -247,6 +270,12 @@ def prepare_data(options: DemoOptions, prepare_options=None, fetch_fn: Callable 
     return Path(result.out)
 
 
+def _video_data(data_dir: Path) -> dict[str, Any]:
+    """The data manifest's description of the video clips (source, real or synthetic, split), for the report."""
+    video = json.loads((data_dir / "manifest.json").read_text(encoding="utf-8")).get("video", {})
+    return {k: v for k, v in video.items() if k != "train"} | {"train_clips": video.get("train", {}).get("clips")}
+
+
 def export_models(record: dict[str, Any], out: Path) -> dict[str, dict[str, str]]:
     """Copy one seed's three models to ``OUT/<model>.safetensors`` + ``OUT/<model>.json``."""
     files = {}
@@ -278,7 +307,7 @@ def run_demo(options: DemoOptions, prepare_options=None, fetch_fn: Callable | No
     files = export_models(records[0], out)
     results = {
         "quick": options.quick, "budget": asdict(budget), "seeds": options.seeds,
-        "data": str(data_dir), "chance": chance_levels(data_dir),
+        "data": str(data_dir), "chance": chance_levels(data_dir), "video_data": _video_data(data_dir),
         "models": files, "summary": summarize(records), "per_seed": records,
         "wall_s_total": time.perf_counter() - started,
     }

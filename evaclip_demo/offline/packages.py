@@ -45,6 +45,9 @@ PACKAGES: tuple[Package, ...] = (
     Package("fluentui-emoji", "npm", "1.3.0", "MIT",
             "Fluent Emoji graphics (c) Microsoft Corporation, MIT; npm packaging (c) 2022 Mohammad Abu Mattar, MIT.",
             "training pairs (Fluent Emoji styles)"),
+    Package("react-useanimations", "npm", "2.10.0", "MIT",
+            "useAnimations icons (c) Tuan Phung and Marek Feikus (useanimations.com), MIT.",
+            "video-text clips (its Lottie animations rendered with rlottie) and the zero-shot video set"),
 )
 
 PACKAGES_BY_NAME: dict[str, Package] = {p.name: p for p in PACKAGES}
@@ -58,5 +61,6 @@ SOURCES: dict[str, tuple[str, str]] = {
     "fluent": ("fluentui-emoji", "MIT"),
     "tuxpaint": ("tuxpaint-stamps-default", "GPL-2.0-or-later"),
     "noto": ("emoji-datasource-google", "Apache-2.0"),
+    "useanimations": ("react-useanimations", "MIT"),  # video clips, not images (offline/animations.py)
 }
 TRAIN_SOURCES: tuple[str, ...] = ("openclipart", "twemoji", "openmoji", "emojione", "fluent")

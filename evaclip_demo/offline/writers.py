@@ -32,9 +32,10 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shards(folder: Path, source: str, images: Sequence[np.ndarray], captions: Sequence[str],
-                 metas: Sequence[dict], shard_size: int) -> list[dict]:
-    """Write ``{source}-{i:05d}.tar`` shards of ``shard_size`` samples (``{key}.png/.txt/.json``).
+def write_shards(folder: Path, source: str, images: Sequence[np.ndarray | bytes], captions: Sequence[str],
+                 metas: Sequence[dict], shard_size: int, ext: str = "png") -> list[dict]:
+    """Write ``{source}-{i:05d}.tar`` shards of ``shard_size`` samples (``{key}.{ext}/.txt/.json``): RGB arrays
+    are PNG-encoded, bytes (an encoded clip, ``ext="mp4"``) are written as they are.
 
     Keys are ``{source}-{n:06d}`` (no dots, as webdataset splits keys at the first dot).
     Returns ``[{"file": name, "samples": k}, ...]`` in shard order.
@@ -47,7 +48,8 @@ def write_shards(folder: Path, source: str, images: Sequence[np.ndarray], captio
         with tarfile.open(folder / name, "w", format=tarfile.GNU_FORMAT) as tar:
             for n in range(start, end):
                 key = f"{source}-{n:06d}"
-                _add(tar, f"{key}.png", png_bytes(images[n]))
+                media = images[n]
+                _add(tar, f"{key}.{ext}", media if isinstance(media, bytes) else png_bytes(media))
                 _add(tar, f"{key}.txt", captions[n].encode("utf-8"))
                 _add(tar, f"{key}.json", json.dumps(metas[n], sort_keys=True, ensure_ascii=False).encode("utf-8"))
         shards.append({"file": name, "samples": end - start})

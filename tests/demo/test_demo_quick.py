@@ -61,7 +61,8 @@ def test_outputs_are_written_and_loadable(demo):
         assert rec["parameters"]["vision"] == sum(p.numel() for p in model.visual.state_dict().values())
         assert rec["training_flops"] > 0 and rec["wall_s"] > 0
         assert set(rec["metrics"]) == {"zeroshot/tuxpaint", "zeroshot/noto", "retrieval/tuxpaint_sentences",
-                                       "retrieval/openclipart_heldout", "retrieval/noto_names"}
+                                       "retrieval/openclipart_heldout", "retrieval/noto_names",
+                                       "video/useanimations@1", "video/useanimations@8"}
     teacher = evaclip.create_model(str(out / "teacher.json"))
     student = evaclip.create_model(str(out / "student.json"))
     assert student.visual.cfg.width > teacher.visual.cfg.width  # weak -> strong
@@ -104,6 +105,56 @@ def test_student_text_tower_is_the_teachers_frozen_encoder_and_vision_is_new(dem
     assert {"head.", "proj.", "text_projection"} <= set(cfg["model"]["skip_keys"])
     control = json.loads((out / "runs" / "seed0" / "control" / "run_config.json").read_text())
     assert control["model"]["pretrained_image"] is None and control["model"]["pretrained_text"] is None
+
+
+def test_video_stage_continues_the_student_on_clips_and_its_ablation_on_images(demo):
+    out, _, results = demo
+    continued = results["per_seed"][0]["continued"]
+    assert continued["video"]["video_samples"] > 0 and continued["video_images"]["video_samples"] == 0
+    assert continued["video"]["samples"] == continued["video_images"]["samples"] == QUICK.video_steps * QUICK.batch_size
+    for stage in ("video", "video_images"):
+        cfg = json.loads((out / "runs" / "seed0" / stage / "run_config.json").read_text())
+        assert cfg["model"]["pretrained"].endswith("seed0/student/final.safetensors")
+        assert cfg["model"]["patch_dropout"] == QUICK.patch_dropout
+    assert {s["name"] for s in json.loads((out / "runs" / "seed0" / "video" / "run_config.json").read_text())
+            ["data"]["sources"]} == {"offline-train", "useanimations-video"}
+    report = (out / "report.md").read_text()
+    assert "## Video: the paper's last phase" in report and "student + image-only continuation" in report
+    assert results["video_data"]["synthetic"] is False and results["chance"]["video/useanimations"] == 1 / 3
+
+
+@torch.no_grad()
+def test_video_zeroshot_matches_a_naive_recomputation(demo):
+    """Decode every frame with PyAV, take the centre frame of each of 8 equal segments, average the normalised
+    frame features, and score against the mean of the templates' normalised text features."""
+    import av
+    from PIL import Image
+
+    out, data, results = demo
+    weights = results["per_seed"][0]["continued"]["video"]["weights"]
+    model = evaclip.create_model(str(out / "student.json"), pretrained=weights).eval()
+    tok = evaclip.get_tokenizer(str(out / "student.json"))
+    transform = image_transform(32, is_train=False)
+    root = data / "video" / "zeroshot" / "useanimations"
+    classes = [c for c in (root / "classnames.txt").read_text().split("\n") if c]
+    templates = [t for t in (root / "templates.txt").read_text().split("\n") if t]
+    text = torch.stack([F.normalize(F.normalize(model.encode_text(tok([t.replace("{c}", c) for t in templates])),
+                                                dim=-1).mean(0), dim=0) for c in classes])
+    for frames in (1, 8):
+        correct = total = 0
+        for label, c in enumerate(classes):
+            for clip in sorted((root / c.replace(" ", "_")).glob("*.mp4")):
+                with av.open(str(clip)) as container:
+                    decoded = [f.to_image().convert("RGB") for f in container.decode(video=0)]
+                n = len(decoded)
+                picked = [decoded[min(n - 1, int((k + 0.5) * n / frames))] for k in range(frames)]
+                feats = F.normalize(model.encode_image(torch.stack([transform(im) for im in picked])), dim=-1)
+                video = F.normalize(feats.mean(0), dim=0)
+                correct += int((video @ text.T).argmax() == label)
+                total += 1
+        assert total == 12
+        got = results["per_seed"][0]["continued"]["video"]["metrics"][f"video/useanimations@{frames}"]["acc1"]
+        assert got == pytest.approx(correct / total)
 
 
 def test_control_gets_the_trained_compute_of_mim_plus_student(demo):
@@ -160,7 +211,8 @@ def test_rerun_skips_finished_stages_and_reevaluates_identically(demo):
     again = _demo(out, data)
     assert weights.stat().st_mtime_ns == stamp  # not retrained
     assert json.loads(evaluated.read_text()) == before  # evaluation is deterministic
-    assert again["summary"] == results["summary"]
+    # (NaN != NaN: top-5 of the fixture's 3-class video set is undefined; JSON spells both sides alike)
+    assert json.dumps(again["summary"], sort_keys=True) == json.dumps(results["summary"], sort_keys=True)
 
 
 def test_cli_rejects_bad_seeds(capsys):

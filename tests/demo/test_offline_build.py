@@ -13,10 +13,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import numpy as np
+
 from evaclip.cli.main import main as cli_main
+from evaclip.data.video import decode_video
+from evaclip.eval.video import load_video_folder
 from evaclip_demo.offline import PrepareOptions, prepare
 from evaclip_demo.offline.fetch import FetchError
-from evaclip_demo.offline.packages import Package
+from evaclip_demo.offline.packages import PACKAGES, Package
 from evaclip.errors import ConfigError, EvaclipError
 
 # the fixture has SVG art (OpenMoji, a Tux Paint stamp); cairosvg is a dependency of `evaclip data prepare`
@@ -184,16 +188,57 @@ def test_retrieval_caption_csvs(built):
     assert captions == ["A robin.", "A “Granny Smith” apple.", "A kite flying high.", "A red car."]
 
 
+def _dark_centre_y(frame: Image.Image) -> float:
+    """Row centre of the icon's pixels (the renders draw a dark stroke colour on a light background)."""
+    a = np.asarray(frame.convert("L"), np.float32)
+    ys = np.nonzero(a < a.mean() - 10)[0]
+    return float(ys.mean())
+
+
+def test_video_clips_train_shards_and_zeroshot_split(built):
+    out, manifest = built
+    video = manifest["video"]
+    assert video["synthetic"] is False and video["animations"] == 4 and video["frames_per_clip"] == 16
+    trained: set[tuple[str, int]] = set()
+    for shard in sorted((out / "video" / "train").glob("*.tar")):
+        for key, parts in read_shard(shard).items():
+            assert set(parts) == {"mp4", "txt", "json"}
+            meta = json.loads(parts["json"])
+            assert meta["licence"] == "MIT" and meta["package"] == "react-useanimations"
+            assert meta["class"] in parts["txt"].decode()  # the caption names the icon
+            frames = decode_video(parts["mp4"], 16, 1 << 20, 60.0)
+            assert len(frames) == 16 and frames[0].size == (16, 16)
+            trained.add((meta["animation"], meta["variant"]))
+    # every animation trains on its renders 3..11; renders 0..2 are the zero-shot set and never trained on
+    assert trained == {(a, v) for a in ("arrowDown", "arrowDown2", "plusToX", "zoomIn") for v in range(3, 12)}
+    assert video["train"]["clips"] == len(trained) == 36
+    root = out / "video" / "zeroshot" / "useanimations"
+    assert (root / "classnames.txt").read_text().split() == ["arrow", "down", "plus", "to", "x", "zoom", "in"]
+    held = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.mp4"))
+    assert held == [f"arrow_down/arrowDown-{v:02d}.mp4" for v in range(3)] + \
+        [f"arrow_down/arrowDown2-{v:02d}.mp4" for v in range(3)] + \
+        [f"plus_to_x/plusToX-{v:02d}.mp4" for v in range(3)] + [f"zoom_in/zoomIn-{v:02d}.mp4" for v in range(3)]
+    assert video["zeroshot"]["chance"] == pytest.approx(1 / 3)
+    dataset, names = load_video_folder(root, lambda im: im, num_frames=8)
+    assert names == ["arrow down", "plus to x", "zoom in"] and len(dataset) == 12
+    # the motion is the animation's: the arrowDown square moves down the frame in every render
+    for v in range(3):
+        frames = decode_video((root / "arrow_down" / f"arrowDown-{v:02d}.mp4").read_bytes(), 8, 1 << 20, 60.0)
+        ys = [_dark_centre_y(f) for f in frames]
+        assert ys[-1] > ys[0] + 3, ys
+
+
 def test_manifest_and_notice(built):
     out, manifest = built
     assert manifest["image_size"] == 16 and manifest["seed"] == 0 and manifest["options"]["heldout"] == 2
     packages = {p["name"]: p for p in manifest["packages"]}
-    assert len(packages) == 8 and packages["openmoji"]["version"] == "17.0.0"
+    assert len(packages) == 9 and packages["openmoji"]["version"] == "17.0.0"
     assert packages["openclipart-png"]["version"] == "1.0-test"
     assert manifest["train"]["samples"] == 22 and manifest["train"]["shards"] == 5 + 2 + 2 + 1 + 3
     notice = (out / "NOTICE.md").read_text()
     for needle in ("CC-BY-4.0", "CC-BY-SA-4.0", "GPL-2.0-or-later", "Apache-2.0", "Twemoji", "OpenMoji",
-                   "EmojiOne", "Tux Paint", "`ruby-gemojione` 1.0-test", "Fluent Emoji", "Microsoft", "MIT"):
+                   "EmojiOne", "Tux Paint", "`ruby-gemojione` 1.0-test", "Fluent Emoji", "Microsoft", "MIT", "useAnimations",
+                   "video/zeroshot/useanimations/"):
         assert needle in notice
     assert "The above copyright notice and this permission notice shall be included" in notice  # MIT's terms
     assert not list(out.glob(".tmp-build-*"))
@@ -214,12 +259,12 @@ def test_two_builds_are_byte_identical(built, tmp_path):
 def test_second_build_is_cached_and_force_rebuilds(tmp_path):
     fetch = FixtureFetch()
     first = build(tmp_path, fetch)
-    assert not first.cached and len(fetch.calls) == 8
+    assert not first.cached and len(fetch.calls) == len(PACKAGES)
     second = build(tmp_path, fetch)
-    assert second.cached and second.manifest == first.manifest and len(fetch.calls) == 8
+    assert second.cached and second.manifest == first.manifest and len(fetch.calls) == len(PACKAGES)
     # other options -> rebuilt from the package cache without fetching again
     third = build(tmp_path, fetch, options=dataclasses.replace(OPTIONS, image_size=24))
-    assert not third.cached and len(fetch.calls) == 8
+    assert not third.cached and len(fetch.calls) == len(PACKAGES)
     assert Image.open(next((tmp_path / "zeroshot" / "noto").glob("*/*.png"))).size == (24, 24)
     # damaged outputs are not mistaken for a complete build
     bigger = dataclasses.replace(OPTIONS, image_size=24)
@@ -227,7 +272,7 @@ def test_second_build_is_cached_and_force_rebuilds(tmp_path):
     assert not build(tmp_path, fetch, options=bigger).cached
     assert build(tmp_path, fetch, options=bigger).cached
     assert not build(tmp_path, fetch, options=bigger, force=True).cached
-    assert len(fetch.calls) == 8
+    assert len(fetch.calls) == len(PACKAGES)
 
 
 def test_fetch_failure_names_packages_and_leaves_no_outputs(tmp_path):
@@ -237,7 +282,7 @@ def test_fetch_failure_names_packages_and_leaves_no_outputs(tmp_path):
     message = str(err.value)
     assert "tuxpaint-stamps-default" in message and "openmoji" in message and "openclipart-png" not in message
     assert "apt-get download tuxpaint-stamps-default" in message and "\n" not in message
-    assert len(fetch.calls) == 8  # every package was tried
+    assert len(fetch.calls) == len(PACKAGES)  # every package was tried
     assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "train").exists()
     assert sorted(p.name for p in (tmp_path / "packages").iterdir()) == sorted(
         n for n in fetch.calls if n not in fetch.fail)  # no half-fetched package folders
@@ -254,7 +299,7 @@ def test_fluent_styles_option_chooses_styles_and_none_skips_the_package(tmp_path
     fetch = FixtureFetch()
     none = build(tmp_path / "none", fetch, options=PrepareOptions(image_size=16, heldout=2, shard_size=2,
                                                                   fluent_styles="")).manifest
-    assert "fluentui-emoji" not in fetch.calls and len(fetch.calls) == 7
+    assert "fluentui-emoji" not in fetch.calls and len(fetch.calls) == len(PACKAGES) - 1
     assert "fluent" not in none["train"]["by_source"] and not list((tmp_path / "none" / "train").glob("fluent-*"))
     assert "fluentui-emoji" not in {p["name"] for p in none["packages"]}
     assert "Fluent" not in (tmp_path / "none" / "NOTICE.md").read_text()
@@ -267,6 +312,12 @@ def test_fluent_styles_option_chooses_styles_and_none_skips_the_package(tmp_path
 def test_bad_options_raise_config_error(tmp_path):
     with pytest.raises(ConfigError, match="image size"):
         build(tmp_path, options=PrepareOptions(image_size=2))
+    with pytest.raises(ConfigError, match="even size"):
+        build(tmp_path, options=PrepareOptions(image_size=17))
+    with pytest.raises(ConfigError, match="3 held out of 3 per animation"):
+        build(tmp_path, options=PrepareOptions(video_variants=3, video_heldout=3))
+    with pytest.raises(ConfigError, match="too few.*at least 8"):
+        build(tmp_path, options=PrepareOptions(video_frames=4))
     with pytest.raises(ConfigError, match="unknown Fluent Emoji style.*'3d'.*flat, modern, high-contrast"):
         build(tmp_path, options=PrepareOptions(fluent_styles="flat,3d"))
     assert not tmp_path.joinpath("packages").exists()
@@ -279,6 +330,7 @@ def test_cli_prepare_uses_env_var_and_reports(tmp_path, monkeypatch, capsys):
     assert cli_main(["data", "prepare", "--image-size", "16"]) == 0
     text = capsys.readouterr().out
     assert "up to date" in text and "zeroshot/noto: 4 images, 34 classes" in text
+    assert "video: 36 training clips, zero-shot 12 clips of 3 classes (MIT; 4 real animations rendered 12 ways)" in text
     # the flags reach the options: a build with the same options is found up to date, not rebuilt
     build(out, options=PrepareOptions(image_size=16, drop_noto_copies=False, fluent_styles="flat"))
     assert cli_main(["data", "prepare", "--image-size", "16", "--keep-noto-lookalikes", "--fluent-styles",

@@ -59,7 +59,7 @@ def test_run_reports_missing_tools_and_exit_codes():
 
 def test_package_table_is_pinned_where_it_must_be():
     names = [p.name for p in PACKAGES]
-    assert len(set(names)) == len(names) == 8
+    assert len(set(names)) == len(names) == 9
     assert all(p.version for p in PACKAGES if p.registry == "npm")  # npm versions move: pin them
     assert {p.registry for p in PACKAGES} == {"apt", "npm"}
 
