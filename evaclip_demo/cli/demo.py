@@ -22,7 +22,8 @@ def _seeds(text: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Prepare the offline data, train a small EVA-CLIP teacher, distil a larger EVA ViT "
                           "from it by masked image modeling, train the larger EVA-CLIP from that "
-                          "initialisation and a from-scratch control at equal compute, continue the student on images + video clips (and on images only, the ablation), evaluate them and "
+                          "initialisation and a from-scratch control at equal compute, continue the student on "
+                          "images + video clips (and, the ablation, on images only), evaluate them and "
                           "write OUT/results.json, OUT/report.md and plots. Finished stages are skipped, so an "
                           "interrupted demo continues where it stopped.")
     parser.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")

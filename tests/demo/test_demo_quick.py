@@ -128,7 +128,6 @@ def test_video_zeroshot_matches_a_naive_recomputation(demo):
     """Decode every frame with PyAV, take the centre frame of each of 8 equal segments, average the normalised
     frame features, and score against the mean of the templates' normalised text features."""
     import av
-    from PIL import Image
 
     out, data, results = demo
     weights = results["per_seed"][0]["continued"]["video"]["weights"]
