@@ -5,6 +5,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from evaclip_demo.recipes import VIDEO_SHARE
+
 MODELS = ("teacher", "student", "control")
 HEADLINE = ("zeroshot/tuxpaint/acc1", "zeroshot/noto/acc1")
 RETRIEVAL = ("tuxpaint_sentences", "openclipart_heldout", "noto_names")
@@ -137,8 +139,8 @@ def _video_section(results: dict[str, Any]) -> list[str]:
         "",
         "The paper ends EVA-CLIP-18B's training on video-text clips (8 frames, the mean of the frames' [CLS] "
         "features; Table 9: +0.7 / +0.8 average zero-shot video accuracy with 1 / 8 evaluation frames). Here the "
-        f"student CLIP continues for {b['video_steps']} steps on image pairs mixed with clips (a quarter of the "
-        "samples; 8 frames each, patch dropout per frame), and, as the ablation that separates what video adds from "
+        f"student CLIP continues for {b['video_steps']} steps on image pairs mixed with clips ({VIDEO_SHARE:.0%} of "
+        "the samples; 8 frames each, patch dropout per frame), and, as the ablation that separates what video adds from "
         "what more training adds, for the same steps, lr and batch on image pairs only. "
         f"Clips: {video.get('animations', '?')} real vector animations of the useAnimations icon set (npm "
         "`react-useanimations`, MIT), rendered by rlottie; the motion is each animation's own, the colours, size, "
