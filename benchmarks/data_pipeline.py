@@ -8,8 +8,10 @@ the model's image size; ``evaclip_demo.recipes``):
    when they are absent, the shipped sample shard ``evaclip/data/sample/tiny-train-000.tar``.
 1b. The cost of the world-size-independent order: the same worker over the default canonical streams vs one
    stream (the order of one worker before it), alternated in this run; a ratio near 1 means no cost.
-1c. Video: clips/s of one worker decoding 8 frames a clip (pan clips synthesised from the shard's images)
-   against the trainer's clip rate (its sample rate / 8 frames): how many workers video data needs.
+1c. Video: clips/s of one worker decoding 8 frames a clip against the trainer's clip rate (its sample rate / 8
+   frames): how many workers video data needs. The clips are the offline data's useAnimations clips
+   (``data_cache/offline/video/train``, real animations, 16 frames of 64 px) when present, else pan clips
+   synthesised from the shard's images.
 2. Trainer consumption: samples/s of the training step (forward + backward + AdamW) of the model on
    three distinct pre-loaded real batches (benchmarks/train_step.py's step).
 3. End to end: the same step fed by the real loader with ``num_workers=1``, timing how long each
@@ -89,10 +91,16 @@ def pipeline_rate(urls: list[str], image_size: int, batch: int, batches: int, co
     return batch * batches / (time.perf_counter() - start)
 
 
+def offline_clips(urls: list[str]) -> list[str]:
+    """The offline data's video shards beside its image shards (``OUT/train`` -> ``OUT/video/train``), if built."""
+    return sorted(str(p) for p in (Path(urls[0]).parent.parent / "video" / "train").glob("*.tar"))
+
+
 def video_rate(urls: list[str], image_size: int, frames: int, clips: int = 48, batch: int = 16,
-               batches: int = 3) -> float:
-    """Clips/s of ONE worker decoding ``frames`` frames per clip (PyAV, seeking) + the train transform, on pan
-    clips synthesised from the first shard's images (evaclip_demo.offline.clips: the motion is synthetic)."""
+               batches: int = 3) -> tuple[float, str]:
+    """Clips/s of ONE worker decoding ``frames`` frames per clip (PyAV, seeking) + the train transform, and what
+    the clips were: the offline useAnimations clips when built, else pan clips synthesised from the first
+    shard's images (evaclip_demo.offline.clips: the motion is synthetic)."""
     import io
     import tarfile
     import tempfile
@@ -101,6 +109,9 @@ def video_rate(urls: list[str], image_size: int, frames: int, clips: int = 48, b
 
     from evaclip.data.tario import TarSampleReader
     from evaclip_demo.offline.clips import pan_clip
+    real = offline_clips(urls)
+    if real:
+        return _clip_rate(real, image_size, frames, batch, batches), "useAnimations clips, 16 frames of 64 px"
     samples = [s for _, s in zip(range(clips), TarSampleReader(urls[0]))]
     with tempfile.TemporaryDirectory() as tmp:
         shard = Path(tmp) / "clips.tar"
@@ -112,14 +123,18 @@ def video_rate(urls: list[str], image_size: int, frames: int, clips: int = 48, b
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     tf.addfile(info, io.BytesIO(data))
-        cfg = DataConfig(sources=[DataSource(str(shard), 1.0, "clips")], batch_size=batch, num_workers=0,
-                         resampled=True, seed=0, video_frames=frames, canonical_streams=8)
-        it = iter(make_loader(cfg, transform=image_transform(image_size, is_train=True)))
+        return _clip_rate([str(shard)], image_size, frames, batch, batches), "64 px pan clips (synthetic motion)"
+
+
+def _clip_rate(shards: list[str], image_size: int, frames: int, batch: int, batches: int) -> float:
+    cfg = DataConfig(sources=[DataSource(shards, 1.0, "clips")], batch_size=batch, num_workers=0,
+                     resampled=True, seed=0, video_frames=frames, canonical_streams=8)
+    it = iter(make_loader(cfg, transform=image_transform(image_size, is_train=True)))
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
         next(it)
-        start = time.perf_counter()
-        for _ in range(batches):
-            next(it)
-        return batch * batches / (time.perf_counter() - start)
+    return batch * batches / (time.perf_counter() - start)
 
 
 def end_to_end(model, urls: list[str], image_size: int, batch: int, steps: int, context: int,
@@ -170,12 +185,12 @@ def run(model_name: str, data: str | None, batches: int, steps: int, threads: in
     consume = batch / median(time_repeats(lambda: [step(b) for b in preloaded[1:]], repeats=1, warmup=0).wall) * 3
     e2e = end_to_end(model, urls, size, batch, steps, context, tokenizer)
     frames = DataConfig().video_frames
-    clips_per_s = video_rate(urls, size, frames)
+    clips_per_s, clip_kind = video_rate(urls, size, frames)
     # A clip costs the trainer about `frames` vision passes (the text tower once): its clip rate is at most
     # its sample rate / frames; the vision tower dominates these models, so that is the estimate used.
     trainer_clips = consume / frames
     out = {"model": model_name, "shards": len(urls), "worker_images_per_s": per_worker,
-           "canonical_vs_one_stream": order_ratio, "worker_clips_per_s": clips_per_s,
+           "canonical_vs_one_stream": order_ratio, "worker_clips_per_s": clips_per_s, "clips": clip_kind,
            "trainer_clips_per_s": trainer_clips, "video_workers_needed": trainer_clips / clips_per_s,
            "trainer_samples_per_s": consume, "workers_needed": consume / per_worker, "end_to_end": e2e}
     if verbose:
@@ -186,7 +201,7 @@ def run(model_name: str, data: str | None, batches: int, steps: int, threads: in
               f"{max(canonical):.1f} vs {max(single):.1f} images/s, ratio {order_ratio:.3f}")
         print(f"  trainer consumption (pre-loaded real batches):    {consume:8.1f} samples/s")
         print(f"  workers needed to keep up: {consume / per_worker:.2f}")
-        print(f"  video: 1 worker decodes {clips_per_s:.1f} clips/s ({frames} frames each, 64 px pan clips); the "
+        print(f"  video: 1 worker decodes {clips_per_s:.1f} clips/s ({frames} frames each, {clip_kind}); the "
               f"trainer takes ~{trainer_clips:.1f} clips/s; workers needed for video: {trainer_clips / clips_per_s:.2f}")
         print(f"  end to end with 1 worker: {e2e['samples_per_s']:.1f} samples/s, data wait "
               f"{e2e['wait_s']:.2f}s of {e2e['wait_s'] + e2e['compute_s']:.2f}s = {e2e['share'] * 100:.1f}% "
