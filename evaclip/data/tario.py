@@ -7,14 +7,21 @@ same code reads local files, fsspec streams and compressed tars.
 
 A truncated or unreadable shard never raises: the samples read before the damage are yielded, the sample being
 read when the damage was hit is dropped, and :attr:`TarSampleReader.error` says what went wrong.
+
+With fewer shards than canonical streams, several streams read their own stride of one shard, each passing over
+the others' samples: every one of them would parse the whole shard. So the first complete read of a clean local
+``.tar`` records where each sample's members lie (a layout: offsets and sizes, no data), and later readers of
+the same unchanged file in this process seek to their members instead. They yield exactly what a full read does.
 """
 from __future__ import annotations
 
+import os
 import tarfile
 import zlib
+from collections import OrderedDict
 from typing import Iterator
 
-from evaclip.data.shards import open_url
+from evaclip.data.shards import is_local, local_path, open_url
 from evaclip.errors import DatasetError
 
 # Errors a damaged tar (or its gzip layer, or a vanished file) can raise while being read.
@@ -28,6 +35,25 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     if not dot or not stem or not ext:
         return None
     return (f"{head}/{stem}" if head else stem), ext.lower()
+
+
+# A clean local tar's samples: (key, [(ext, offset of the data, size), ...]) in shard order, every file member.
+# Keyed by path; valid while the file's (size, mtime, inode) are unchanged.
+Layout = list[tuple[str, list[tuple[str, int, int]]]]
+_LAYOUTS: OrderedDict[str, tuple[tuple[int, int, int], Layout]] = OrderedDict()
+_MAX_LAYOUTS = 512  # shards; a layout holds a few numbers per member, not the data
+
+
+def _signature(url: str) -> tuple[str, tuple[int, int, int]] | None:
+    """(path, (size, mtime_ns, inode)) of an uncompressed local tar, the only kind a layout can seek in."""
+    if not is_local(url) or not url.endswith(".tar"):
+        return None
+    path = local_path(url)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 class TarSampleReader:
@@ -50,21 +76,59 @@ class TarSampleReader:
         self.error_detail = ""
         self.samples = 0  # samples in the shard (all of them, also those passed over), known once it has been read
 
+    def _wanted(self, i: int) -> bool:
+        return i >= self.skip and (i - self.skip) % self.stride == 0
+
+    def _keep(self, sample: dict, ext: str, size: int) -> bool:
+        """Whether to read a member into ``sample``: not a duplicate (the first is kept), not oversized (marked)."""
+        if ext in sample:
+            return False
+        if size > self.max_member_bytes:
+            sample["__skip__"] = "oversized_member"
+            return False
+        return True
+
     def __iter__(self) -> Iterator[dict]:
+        local = _signature(self.url)
+        known = _LAYOUTS.get(local[0]) if local else None
+        if known is not None and known[0] == local[1]:
+            _LAYOUTS.move_to_end(local[0])
+            yield from self._replay(local[0], known[1])
+            return
         try:
             fileobj = open_url(self.url)
         except (OSError, ValueError, DatasetError) as e:
             self.error, self.error_detail = "unreadable_shard", f"{type(e).__name__}: {e}"
             return
+        layout: Layout | None = [] if local else None
         with fileobj:
-            yield from self._read(fileobj)
+            yield from self._read(fileobj, layout)
+        if layout is not None and self.error is None:  # read to the end, clean: later readers may seek
+            _LAYOUTS[local[0]] = (local[1], layout)
+            while len(_LAYOUTS) > _MAX_LAYOUTS:
+                _LAYOUTS.popitem(last=False)
 
-    def _read(self, fileobj) -> Iterator[dict]:
+    def _replay(self, path: str, layout: Layout) -> Iterator[dict]:
+        """The samples a full read yields, read by seeking to the wanted samples' members."""
+        self.samples = len(layout)
+        try:
+            with open(path, "rb") as f:
+                for index, (key, members) in enumerate(layout):
+                    if not self._wanted(index):
+                        continue
+                    sample: dict = {"__key__": key, "__url__": self.url}
+                    for ext, offset, size in members:
+                        if self._keep(sample, ext, size):
+                            f.seek(offset)
+                            sample[ext] = f.read(size)
+                    yield sample
+        except OSError as e:  # the file vanished or became unreadable since its layout was taken
+            self.error, self.error_detail = "truncated_tar", f"{type(e).__name__}: {e}"
+
+    def _read(self, fileobj, layout: Layout | None = None) -> Iterator[dict]:
         current: dict | None = None
         index = 0  # index of `current` among the shard's samples
-
-        def wanted(i: int) -> bool:
-            return i >= self.skip and (i - self.skip) % self.stride == 0
+        wanted = self._wanted
         try:
             with tarfile.open(fileobj=fileobj, mode="r|*") as tf:
                 for member in tf:
@@ -79,12 +143,12 @@ class TarSampleReader:
                             index += 1
                         current = {"__key__": key, "__url__": self.url}
                         self.samples = index + 1
-                    if not wanted(index) or ext in current:
-                        continue  # passed over, or a duplicate member: keep the first
-                    if member.size > self.max_member_bytes:
-                        current["__skip__"] = "oversized_member"
-                        continue
-                    current[ext] = tf.extractfile(member).read()
+                        if layout is not None:
+                            layout.append((key, []))
+                    if layout is not None:
+                        layout[-1][1].append((ext, member.offset_data, member.size))
+                    if wanted(index) and self._keep(current, ext, member.size):
+                        current[ext] = tf.extractfile(member).read()
                 if _ended_without_marker(tf):
                     # The stream stopped inside a header (or with no end-of-archive block): the last
                     # sample may be missing members, so drop it.

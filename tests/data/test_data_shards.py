@@ -149,3 +149,51 @@ def test_the_cap_itself_is_accepted():
 
     urls = expand_urls(f"s{{1..{MAX_SHARDS}}}.tar")
     assert len(urls) == MAX_SHARDS and urls[-1] == f"s{MAX_SHARDS}.tar"
+
+
+def _awkward_shard(path):
+    """Duplicate members, an oversized one after which a small duplicate follows, a key that comes back later,
+    sub-folders, a member without an extension, and a folder entry."""
+    members = [("0000.jpg", image_bytes(0)), ("0000.txt", b"first"), ("0000.txt", b"duplicate"),
+               ("0001.jpg", b"x" * 5000), ("0001.jpg", b"small"), ("0001.txt", b"one"),
+               ("README", b"no extension"), ("sub/0002.seg.png", image_bytes(2)), ("sub/0002.txt", b"two"),
+               ("0000.json", b"{}"), ("0003.txt", b"three")]
+    write_tar(path, members)
+    with tarfile.open(path, "a") as tf:
+        info = tarfile.TarInfo("a_folder")
+        info.type = tarfile.DIRTYPE
+        tf.addfile(info)
+    return path
+
+
+@pytest.mark.parametrize("skip,stride,limit", [(0, 1, 1 << 20), (0, 2, 1 << 20), (1, 3, 1 << 20), (2, 1, 1000),
+                                               (0, 4, 1000), (7, 1, 1 << 20)])
+def test_later_readers_seek_with_the_first_reads_layout_and_yield_the_same(tmp_path, monkeypatch, skip, stride, limit):
+    from evaclip.data import tario
+    path = str(_awkward_shard(tmp_path / "s.tar"))
+    tario._LAYOUTS.clear()
+    streamed = list(TarSampleReader(path, skip=skip, stride=stride, max_member_bytes=limit))  # no layout yet
+    assert path in tario._LAYOUTS  # that full, clean read left one
+
+    def no_stream(url):
+        raise AssertionError("a reader with a layout must not stream the shard again")
+    monkeypatch.setattr(tario, "open_url", no_stream)
+    reader = TarSampleReader(path, skip=skip, stride=stride, max_member_bytes=limit)
+    assert list(reader) == streamed and reader.error is None and reader.samples == 5
+
+
+def test_a_changed_or_damaged_shard_is_streamed_again(tmp_path):
+    from evaclip.data import tario
+    path = tmp_path / "s.tar"
+    write_tar(path, sample_members("a", 0) + sample_members("b", 1))
+    assert [s["__key__"] for s in TarSampleReader(str(path))] == ["a", "b"]
+    write_tar(path, sample_members("c", 2) + sample_members("d", 3) + sample_members("e", 4))  # rewritten
+    assert [s["__key__"] for s in TarSampleReader(str(path))] == ["c", "d", "e"]
+    cut = tmp_path / "cut.tar"
+    with tarfile.open(path) as tf:
+        last = tf.getmembers()[-1]
+    cut.write_bytes(path.read_bytes()[:last.offset_data + 1])  # inside the last member
+    for _ in range(2):  # a damaged shard leaves no layout: every read reports the damage
+        reader = TarSampleReader(str(cut))
+        assert len(list(reader)) < 3 and reader.error == "truncated_tar"
+    assert str(cut) not in tario._LAYOUTS
