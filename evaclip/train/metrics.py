@@ -34,18 +34,28 @@ def matmul_ceiling(device: torch.device = torch.device("cpu"), dtype: torch.dtyp
     # A generator of its own: measuring must not move the run's random stream (patch dropout, MIM masks), so a
     # run draws the same whether or not its FLOPs are known and the ceiling measured.
     generator = torch.Generator(device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    while True:
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        # A dtype this device computes slowly (fp16 on most CPUs: one 1024^3 matmul takes seconds) is measured on
+        # a smaller matmul, so that measuring stays within about ``seconds``.
+        if time.perf_counter() - start <= seconds / 4 or n <= 128:
+            break
+        n //= 2
+    every = 4 if device.type == "cuda" else 1  # a CPU has nothing to synchronise: check the time every matmul
     wall_rates, cpu_rates = [], []
     for _ in range(repeats):
-        for _ in range(2):
-            a @ b
+        a @ b
         _sync(device)
         iters, start, cpu = 0, time.perf_counter(), time.process_time()
         while True:
             a @ b
             iters += 1
-            if iters % 4 == 0:
+            if iters % every == 0:
                 _sync(device)
                 elapsed = time.perf_counter() - start
                 if elapsed >= seconds:
