@@ -1,7 +1,8 @@
 """Short video clips synthesised from still images (a pan across the image), encoded with PyAV.
 
-Used where real clips cannot be had offline: the video benchmark and the tests' mixed image/clip shards. The
-motion is synthetic (a sliding crop); whatever uses these clips says so.
+Used for the tests' mixed image/clip shards and, when the offline data (whose clips are real animations,
+``animations.py``) is not built, by the video benchmark. The motion is synthetic (a sliding crop); whatever
+uses these clips says so. :func:`encode_clip` also encodes the offline data's rendered animations.
 """
 from __future__ import annotations
 
