@@ -45,9 +45,7 @@ def evaluate_model(weights: str | Path, config: str | Path, data_dir: str | Path
     for name in VIDEO_SETS:
         root = data_dir / "video" / "zeroshot" / name
         for frames in VIDEO_FRAMES:
-            video_opts = EvalOptions(batch_size=batch_size, workers=0, num_frames=frames,
-                                     classnames_file=str(root / "classnames.txt"),
-                                     templates_file=str(root / "templates.txt"))
+            video_opts = EvalOptions(batch_size=batch_size, workers=0, num_frames=frames)  # the set's own prompts
             metrics = run_task(model, tokenizer, "video_classification", name, root, transform, video_opts)
             out[f"video/{name}@{frames}"] = {k: float(v) for k, v in metrics.items()}
     return out

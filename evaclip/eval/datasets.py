@@ -290,6 +290,20 @@ def _folder_items(folders: list[Path], labels: list[int]) -> list[tuple[Path, in
 
 def _load_image_folder(root: Path, transform: Transform, dataset: str | None) -> ClassificationData:
     folders = class_folders(root)
+    classnames, labels = folder_labels(root, folders, dataset)
+    items = _folder_items(folders, labels)
+    return ClassificationData(ImageListDataset(items, transform), classnames, own_templates(root), "image_folder",
+                              [label for _, label in items])
+
+
+def own_templates(root: Path) -> list[str] | None:
+    """A class-folder set's own prompt templates (``ROOT/templates.txt``), or None for the defaults."""
+    return read_lines(root / "templates.txt") if (root / "templates.txt").exists() else None
+
+
+def folder_labels(root: Path, folders: list[Path], dataset: str | None) -> tuple[list[str], list[int]]:
+    """Class names and each class folder's label (image and video folders alike): from ``ROOT/classnames.txt``
+    when there is one, else from the folder names (:func:`folder_classnames`)."""
     names = [d.name for d in folders]
     if (root / "classnames.txt").exists():
         classnames = read_lines(root / "classnames.txt")
@@ -305,10 +319,7 @@ def _load_image_folder(root: Path, transform: Transform, dataset: str | None) ->
                                f"name per folder in sorted folder order")
     else:
         classnames, labels = folder_classnames(names, dataset)
-    templates = read_lines(root / "templates.txt") if (root / "templates.txt").exists() else None
-    items = _folder_items(folders, labels)
-    return ClassificationData(ImageListDataset(items, transform), classnames, templates, "image_folder",
-                              [label for _, label in items])
+    return classnames, labels
 
 
 def _imagenet_labels(imagenet_index: list[int], dataset: str | None, root: Path,

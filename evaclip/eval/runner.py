@@ -150,7 +150,7 @@ def run_task(model, tokenizer, task: str, name: str, path: Path, transform: Tran
     if task == "video_classification":
         split_path = path / opts.split if (path / opts.split).is_dir() else path
         dataset, own_names = load_video_folder(split_path, transform, dataset=name, num_frames=opts.num_frames)
-        classnames, templates = _classnames_templates(name, own_names, None, opts)
+        classnames, templates = _classnames_templates(name, own_names, dataset.templates, opts)
         return evaluate_video_classification(model, tokenizer, dataset, classnames, templates, dataset_name=name,
                                              batch_size=max(1, opts.batch_size // opts.num_frames),
                                              workers=opts.workers, **kw)

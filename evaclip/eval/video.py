@@ -6,6 +6,7 @@ scored by top-1, the Kinetics sets by mean(top-1, top-5) (:func:`evaclip.eval.me
 
 Layout: ``ROOT/<class>/<video file>`` (UCF-101's and the usual Kinetics layout); folder names that match a
 known benchmark's class names (ignoring case, spaces, underscores and punctuation) take its names and order.
+As for image folders, a ``classnames.txt`` and a ``templates.txt`` beside the class folders are the set's own.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from evaclip.data.video import frame_indices
 from evaclip.errors import DatasetError
-from evaclip.eval.datasets import Transform, class_folders, folder_classnames
+from evaclip.eval.datasets import Transform, class_folders, folder_labels, own_templates
 from evaclip.eval.features import decoded_batches, encode_images, image_loader
 from evaclip.eval.metrics import classification_metrics, video_score
 from evaclip.models.clip import video_features
@@ -56,8 +57,10 @@ def decode_frames(path: str | Path, num_frames: int = 1) -> list[Image.Image]:
 class VideoDataset(Dataset):
     """(frames [F, 3, H, W], label) for a list of video files."""
 
-    def __init__(self, items: Sequence[tuple[Path, int]], transform: Transform, num_frames: int = 1):
+    def __init__(self, items: Sequence[tuple[Path, int]], transform: Transform, num_frames: int = 1,
+                 templates: list[str] | None = None):
         self.items, self.transform, self.num_frames = list(items), transform, num_frames
+        self.templates = templates  # the set's own prompts (ROOT/templates.txt), None for the defaults
 
     def __len__(self) -> int:
         return len(self.items)
@@ -78,10 +81,10 @@ def load_video_folder(root: str | Path, transform: Transform, dataset: str | Non
     if not any(p.suffix.lower() in VIDEO_EXTENSIONS for d in folders for p in d.iterdir()):
         raise DatasetError(f"no class folders with video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}; "
                            f"expected ROOT/<class name>/<video file>")
-    classnames, labels = folder_classnames([d.name for d in folders], dataset)
+    classnames, labels = folder_labels(root, folders, dataset)
     items = [(p, y) for d, y in zip(folders, labels) for p in sorted(d.iterdir())
              if p.suffix.lower() in VIDEO_EXTENSIONS]
-    return VideoDataset(items, transform, num_frames), classnames
+    return VideoDataset(items, transform, num_frames, own_templates(root)), classnames
 
 
 @torch.no_grad()

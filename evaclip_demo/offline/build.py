@@ -262,7 +262,8 @@ def write_video(root: Path, clips: list[Clip], options: PrepareOptions, progress
         shards = write_shards(root / "train", "useanimations", [c.data for c in train], [c.caption for c in train],
                               [c.meta(package, licence) for c in train], options.shard_size, ext="mp4")
     folder = root / "zeroshot" / "useanimations"
-    names = video_classes([c.animation for c in clips])
+    # classnames.txt lists the classes in the sorted order of their folders, as the video loader labels them
+    names = sorted(video_classes([c.animation for c in clips]), key=lambda n: n.replace(" ", "_"))
     per_class = {n: 0 for n in names}
     for n in names:  # every class gets its folder; underscores for spaces, as the video loader reads them
         (folder / n.replace(" ", "_")).mkdir(parents=True, exist_ok=True)

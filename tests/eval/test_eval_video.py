@@ -98,3 +98,16 @@ def test_empty_class_folder_keeps_its_label(tmp_path):
     data, classnames = load_video_folder(tmp_path, transform=None)
     assert classnames[:3] == ["ant", "bee", "cat"]
     assert [label for _, label in data.items] == [0, 0, 2]
+
+
+def test_a_video_folder_s_own_classnames_and_templates_are_used(tmp_path):
+    for folder in ("arrow_down", "zoom_in"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "0.mp4").write_bytes(b"")
+    (tmp_path / "classnames.txt").write_text("arrow pointing down\nmagnifier with a plus\n")
+    (tmp_path / "templates.txt").write_text("an animated {c} icon.\n")
+    data, classnames = load_video_folder(tmp_path, transform=None)
+    assert classnames == ["arrow pointing down", "magnifier with a plus"]
+    assert data.templates == ["an animated {c} icon."] and [label for _, label in data.items] == [0, 1]
+    (tmp_path / "templates.txt").unlink()
+    assert load_video_folder(tmp_path, transform=None)[0].templates is None  # the benchmark's defaults then
