@@ -9,6 +9,7 @@ paper's tables.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from evaclip.errors import ConfigError
@@ -72,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                         help="images per forward pass, and the linear probe's training batch (default %(default)s, "
                              "CLIP_benchmark's protocol)")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="data loader processes (default: 4, or the CPU count if smaller)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="weight precision (inputs are cast to it; --amp adds bf16 autocast)")
