@@ -15,6 +15,7 @@ ZEROSHOT_SETS = ("tuxpaint", "noto")
 RETRIEVAL_SETS = ("tuxpaint_sentences", "openclipart_heldout", "noto_names")
 VIDEO_SETS = ("useanimations",)
 VIDEO_FRAMES = (1, 8)
+VIDEO_KEYS = tuple(f"video/{name}@{frames}" for name in VIDEO_SETS for frames in VIDEO_FRAMES)
 
 
 def load_model(weights: str | Path, config: str | Path):

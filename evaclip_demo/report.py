@@ -5,14 +5,15 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from evaclip_demo.evaluate import VIDEO_FRAMES as FRAMES
+from evaclip_demo.evaluate import VIDEO_SETS
 from evaclip_demo.recipes import VIDEO_SHARE
 
 MODELS = ("teacher", "student", "control")
 HEADLINE = ("zeroshot/tuxpaint/acc1", "zeroshot/noto/acc1")
 RETRIEVAL = ("tuxpaint_sentences", "openclipart_heldout", "noto_names")
-CONTINUED = ("video", "video_images")
-VIDEO = "video/useanimations"
-FRAMES = (1, 8)
+CONTINUED = ("video", "video_images")  # the student's two continuations (evaclip_demo.stages)
+VIDEO = f"video/{VIDEO_SETS[0]}"
 
 
 def flatten(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -23,6 +24,20 @@ def flatten(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
 def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _wins(diffs: list[float]) -> dict[str, float]:
+    """Spread of per-seed differences and in how many seeds the first model was ahead."""
+    return {**_stats(diffs), "seeds_won": sum(d > 0 for d in diffs)}
+
+
+def _flat(record: dict[str, Any], model: str) -> dict[str, float]:
+    """One seed's flattened metrics of a model or of one of the student's continuations."""
+    return flatten((record["continued"][model] if model in CONTINUED else record[model])["metrics"])
+
+
+def _summary_metrics(summary: dict[str, Any], model: str) -> dict[str, dict[str, float]]:
+    return (summary["continued"][model] if model in CONTINUED else summary[model])["metrics"]
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -41,25 +56,19 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     wins = {}
     for other in ("teacher", "control"):
         for key in HEADLINE:
-            diffs = [flatten(r["student"]["metrics"])[key] - flatten(r[other]["metrics"])[key] for r in records]
-            wins[f"student-{other}/{key}"] = {**_stats(diffs), "seeds_won": sum(d > 0 for d in diffs)}
+            wins[f"student-{other}/{key}"] = _wins([_flat(r, "student")[key] - _flat(r, other)[key] for r in records])
     out["student_minus"] = wins
     if all("continued" in r for r in records):
-        out["continued"] = {c: {"metrics": {k: _stats([flatten(r["continued"][c]["metrics"])[k] for r in records])
-                                            for k in flatten(records[0]["continued"][c]["metrics"])},
+        out["continued"] = {c: {"metrics": {k: _stats([_flat(r, c)[k] for r in records]) for k in _flat(records[0], c)},
                                 "wall_s": _stats([r["continued"][c]["wall_s"] for r in records]),
                                 "video_samples": _stats([r["continued"][c]["video_samples"] for r in records])}
                             for c in CONTINUED}
         # What the video stage changed: against the student it started from, and against the same continuation
         # on images only; per number of evaluation frames.
-        gains = {}
-        for f in FRAMES:
-            key = f"{VIDEO}@{f}/acc1"
-            for other, pick in (("student", lambda r: r["student"]["metrics"]),
-                                ("video_images", lambda r: r["continued"]["video_images"]["metrics"])):
-                diffs = [flatten(r["continued"]["video"]["metrics"])[key] - flatten(pick(r))[key] for r in records]
-                gains[f"video-{other}/{key}"] = {**_stats(diffs), "seeds_won": sum(d > 0 for d in diffs)}
-        out["video_minus"] = gains
+        out["video_minus"] = {
+            f"video-{other}/{VIDEO}@{f}/acc1": _wins([_flat(r, "video")[f"{VIDEO}@{f}/acc1"]
+                                                      - _flat(r, other)[f"{VIDEO}@{f}/acc1"] for r in records])
+            for f in FRAMES for other in ("student", "video_images")}
     return out
 
 
@@ -114,7 +123,7 @@ def _video_section(results: dict[str, Any]) -> list[str]:
                        "control": "control", "video": "student + video stage",
                        "video_images": "student + image-only continuation (ablation)"}
     for m in (*MODELS, *CONTINUED):
-        ms = s["continued"][m]["metrics"] if m in CONTINUED else s[m]["metrics"]
+        ms = _summary_metrics(s, m)
         rows.append([label[m], *[_pm(ms[f"{VIDEO}@{f}/{k}"]) for f in FRAMES for k in ("acc1", "acc5")],
                      _pm(ms["zeroshot/tuxpaint/acc1"]), _pm(ms["zeroshot/noto/acc1"])])
     chance = results["chance"].get(VIDEO, 0.0) * 100
@@ -131,12 +140,12 @@ def _video_section(results: dict[str, Any]) -> list[str]:
                               ("the image-only continuation", s["video_minus"][f"video-video_images/{key}"]))]
         gains.append(f"- {f} frame{'s' if f > 1 else ''}: the video stage gives " + "; ".join(parts) + ".")
     def frames_gain(m: str) -> float:
-        ms = s["continued"][m]["metrics"] if m in CONTINUED else s[m]["metrics"]
-        return (ms[f"{VIDEO}@8/acc1"]["mean"] - ms[f"{VIDEO}@1/acc1"]["mean"]) * 100
+        ms = _summary_metrics(s, m)
+        return (ms[f"{VIDEO}@{FRAMES[-1]}/acc1"]["mean"] - ms[f"{VIDEO}@{FRAMES[0]}/acc1"]["mean"]) * 100
     eight_vs_one = [f"{label[m]} {frames_gain(m):+.1f}" for m in ("student", *CONTINUED)]
     before = max(s[m]["metrics"][f"{VIDEO}@{f}/acc1"]["mean"] * 100 - chance for m in MODELS for f in FRAMES)
-    image_cost = [f"{name} {(s['continued']['video']['metrics'][key]['mean'] - s['student']['metrics'][key]['mean']) * 100:+.1f}"
-                  for name, key in (("Tux Paint", HEADLINE[0]), ("Noto", HEADLINE[1]))]
+    after, before_stage = _summary_metrics(s, "video"), _summary_metrics(s, "student")
+    image_cost = [f"{name} {(after[key]['mean'] - before_stage[key]['mean']) * 100:+.1f}" for name, key in (("Tux Paint", HEADLINE[0]), ("Noto", HEADLINE[1]))]
     walls = {c: s["continued"][c]["wall_s"]["mean"] / 60 for c in CONTINUED}
     return [
         "## Video: the paper's last phase (zero-shot video classification, %)",

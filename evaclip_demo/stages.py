@@ -151,7 +151,7 @@ def control_steps(budget: Budget, teacher_model: str, student_model: str) -> int
 
 def run_seed(seed: int, data_dir: Path, out: Path, budget: Budget, progress: bool = True) -> dict[str, Any]:
     """All four stages of one seed, then the evaluations; returns the seed's record for results.json."""
-    from evaclip_demo.evaluate import evaluate_model
+    from evaclip_demo.evaluate import VIDEO_KEYS, evaluate_model
     root = out / "runs" / f"seed{seed}"
     dirs = {s: root / s for s in STAGES}
     teacher_model, student_model = "demo-teacher", "demo-student"
@@ -204,7 +204,7 @@ def run_seed(seed: int, data_dir: Path, out: Path, budget: Budget, progress: boo
     for m in MODELS + CONTINUED:
         d = dirs[m]
         cached = d / "eval.json"
-        if cached.is_file() and "video/useanimations@8" in (known := json.loads(cached.read_text())):
+        if cached.is_file() and all(k in (known := json.loads(cached.read_text())) for k in VIDEO_KEYS):
             metrics[m] = known
         else:  # (an eval.json without the video sets is from before the demo had them: evaluated again)
             _say(f"[demo] evaluating the {m} (seed {seed})")

@@ -9,8 +9,8 @@ A truncated or unreadable shard never raises: the samples read before the damage
 read when the damage was hit is dropped, and :attr:`TarSampleReader.error` says what went wrong.
 
 With fewer shards than canonical streams, several streams read their own stride of one shard, each passing over
-the others' samples: every one of them would parse the whole shard. So the first complete read of a clean local
-``.tar`` records where each sample's members lie (a layout: offsets and sizes, no data), and later readers of
+the others' samples: every one of them would parse the whole shard. So the first complete stride read of a clean
+local ``.tar`` records where each sample's members lie (a layout: offsets and sizes, no data), and later readers of
 the same unchanged file in this process seek to their members instead. They yield exactly what a full read does.
 """
 from __future__ import annotations
@@ -100,7 +100,8 @@ class TarSampleReader:
         except (OSError, ValueError, DatasetError) as e:
             self.error, self.error_detail = "unreadable_shard", f"{type(e).__name__}: {e}"
             return
-        layout: Layout | None = [] if local else None
+        # Only a shard shared by several streams (read in strides) is read again by this process soon.
+        layout: Layout | None = [] if local and self.stride > 1 else None
         with fileobj:
             yield from self._read(fileobj, layout)
         if layout is not None and self.error is None:  # read to the end, clean: later readers may seek
